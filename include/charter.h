@@ -1,0 +1,309 @@
+/*
+ * charter.h — the public API of libcharter.
+ *
+ * libcharter holds all of charter's behaviour: the sessions system of record, its
+ * storage, and the core helpers (ids, time, status codes, canonical JSON, config,
+ * logging). `charter serve` is a thin HTTP adapter over it; a C/C++ host can link it
+ * and call it in-process.
+ *
+ * Conventions: every function that can fail returns a ch_status and, where it takes
+ * a ch_err, fills it with the code, a human message and the offending field. Memory
+ * a function returns is the caller's unless its doc block says otherwise; json_t
+ * values are released with json_decref().
+ */
+#ifndef CHARTER_H
+#define CHARTER_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CH_API __attribute__((visibility("default")))
+
+/* ---------------------------------------------------------------------------------
+ * Status codes. One X-macro gives the enum, ch_strerror() and ch_status_name(); the
+ * name is the JSON error `code` of the HTTP API. Add new codes last, never remove.
+ * ------------------------------------------------------------------------------- */
+#define CH_STATUS_MAP(XX)                                                                  \
+    XX(OK, "ok", "success")                                                                \
+    XX(BAD_JSON, "bad_json", "request body is not valid JSON")                             \
+    XX(BAD_REQUEST, "bad_request", "malformed request")                                    \
+    XX(MISSING_FIELD, "missing_field", "a required field is missing")                      \
+    XX(INVALID_TYPE, "invalid_type", "a field has the wrong type")                         \
+    XX(UNKNOWN_FIELD, "unknown_field", "unknown field")                                    \
+    XX(UNAUTHORIZED, "unauthorized", "missing or invalid API key")                         \
+    XX(NOT_FOUND, "not_found", "not found")                                                \
+    XX(METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed")                     \
+    XX(SEQ_CONFLICT, "seq_conflict", "expect_seq does not match the session's seq")        \
+    XX(INVALID_TRANSITION, "invalid_transition", "transition not allowed from this state") \
+    XX(INVALID_STATE, "invalid_state", "operation not allowed in this state")              \
+    XX(MANDATE_INACTIVE, "mandate_inactive", "the session's mandate does not hold")        \
+    XX(BODY_TOO_LARGE, "body_too_large", "request body too large")                         \
+    XX(INVALID_VALUE, "invalid_value", "a field has an invalid value")                     \
+    XX(RESERVED_KIND, "reserved_kind", "event kind is reserved to charter")                \
+    XX(SHUTTING_DOWN, "shutting_down", "server is shutting down")                          \
+    XX(NOMEM, "internal", "out of memory")                                                 \
+    XX(IO, "internal", "storage error")                                                    \
+    XX(INTERNAL, "internal", "internal error")                                             \
+    XX(CONFIG, "config", "invalid configuration")                                          \
+    XX(EXISTS, "exists", "already exists")
+
+typedef enum ch_status {
+#define CH__STATUS_ENUM(name, code, msg) CH_##name,
+    CH_STATUS_MAP(CH__STATUS_ENUM)
+#undef CH__STATUS_ENUM
+        CH__STATUS_COUNT
+} ch_status;
+
+/* The human message for a status ("expect_seq does not match ..."). Never NULL. */
+CH_API const char *ch_strerror(ch_status st);
+/* The stable machine name of a status: the JSON error `code`. Never NULL. */
+CH_API const char *ch_status_name(ch_status st);
+
+/* An error with context: what went wrong, which field, and in which state. */
+typedef struct ch_err {
+    ch_status status;
+    char message[256];
+    char field[128];  /* dotted path of the offending input field, or "" */
+    char state[16];   /* current state when that is the reason, or "" */
+} ch_err;
+
+/* Clears e to CH_OK. */
+CH_API void ch_err_clear(ch_err *e);
+/* Sets e (which may be NULL) and returns st. field may be NULL; fmt NULL uses
+ * ch_strerror(st). */
+CH_API ch_status ch_err_set(ch_err *e, ch_status st, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* ---------------------------------------------------------------------------------
+ * Ids: "<prefix>_<ULID>". 48 bits of milliseconds then 80 random bits from
+ * libsodium's CSPRNG, Crockford base32; monotonic within a millisecond in a process.
+ * ------------------------------------------------------------------------------- */
+#define CH_ID_MAX 48
+
+/* Writes a new id with prefix ("sess") into out (CH_ID_MAX bytes). */
+CH_API void ch_id_new(const char *prefix, char out[CH_ID_MAX]);
+/* True when s is a well-formed id with this prefix. */
+CH_API bool ch_id_valid(const char *prefix, const char *s);
+
+/* ---------------------------------------------------------------------------------
+ * Time and quantities
+ * ------------------------------------------------------------------------------- */
+/* Wall clock, milliseconds since the Unix epoch. */
+CH_API int64_t ch_now_ms(void);
+/* Monotonic clock in nanoseconds (for latencies). */
+CH_API uint64_t ch_mono_ns(void);
+/* Formats ms as RFC 3339 UTC with milliseconds; out holds at least 32 bytes. */
+CH_API void ch_time_format(int64_t ms, char out[32]);
+/* Parses "500ms", "30s", "5m", "24h", "7d" (or a bare "0") into milliseconds. */
+CH_API ch_status ch_duration_parse(const char *s, int64_t *ms);
+/* Parses a byte size: "1048576", "512KiB", "1MiB", "1MB", "2GiB". */
+CH_API ch_status ch_size_parse(const char *s, uint64_t *bytes);
+
+/* ---------------------------------------------------------------------------------
+ * Canonical JSON and hashing
+ * ------------------------------------------------------------------------------- */
+/* Serializes v canonically: object keys sorted, no insignificant whitespace.
+ * Returns a malloc'd NUL-terminated string (free()), or NULL on failure; *len (if
+ * not NULL) receives its length. */
+CH_API char *ch_json_canonical(const json_t *v, size_t *len);
+/* SHA-256 (libsodium) of the canonical serialization of v. */
+CH_API ch_status ch_json_sha256(const json_t *v, uint8_t out[32]);
+/* Parses a request body: it must be UTF-8 JSON, at most 64 levels deep, and an
+ * object. On failure fills e (bad_json / bad_request) and returns NULL. */
+CH_API json_t *ch_json_parse_object(const char *buf, size_t len, ch_err *e);
+
+/* ---------------------------------------------------------------------------------
+ * Logging: one JSON object per line on stderr.
+ * ------------------------------------------------------------------------------- */
+typedef enum ch_log_level { CH_LOG_DEBUG, CH_LOG_INFO, CH_LOG_WARN, CH_LOG_ERROR } ch_log_level;
+
+CH_API void ch_log_set_level(ch_log_level level);
+CH_API ch_status ch_log_level_parse(const char *s, ch_log_level *out);
+/* Logs event msg with fields built by jansson's json_pack from fmt (an object
+ * format such as "{s:s, s:i}"), or no fields when fmt is NULL. */
+CH_API void ch_log(ch_log_level level, const char *msg, const char *fmt, ...);
+
+/* ---------------------------------------------------------------------------------
+ * Configuration: defaults, then charter.yaml, then flags, then CHARTER_* env.
+ * ------------------------------------------------------------------------------- */
+typedef struct ch_retention {
+    int64_t close_idle_after;      /* ms; 0 = never. open/active idle → closed */
+    int64_t archive_closed_after;  /* ms; 0 = never. closed → archived */
+    int64_t delete_archived_after; /* ms; 0 = never. archived → deleted */
+    int64_t sweep_interval;        /* ms between sweeps */
+} ch_retention;
+
+typedef struct ch_config {
+    char listen[256];     /* "127.0.0.1:7433" */
+    char data_dir[1024];  /* "./charter-data" */
+    char store[32];       /* backend name: "sqlite" */
+    int threads;          /* HTTP event loops; 0 = one per core */
+    uint64_t max_body;    /* bytes; default 1 MiB */
+    ch_log_level log_level;
+    int64_t drain_timeout; /* ms SIGTERM waits for in-flight requests */
+    ch_retention retention;
+} ch_config;
+
+/* Fills c with the built-in defaults. */
+CH_API void ch_config_defaults(ch_config *c);
+/* Sets one key by its dotted name ("sessions.retention.sweep_interval") from text. */
+CH_API ch_status ch_config_set(ch_config *c, const char *key, const char *value, ch_err *e);
+/* Applies a YAML file. Unknown keys are errors (a typo must not pass silently). */
+CH_API ch_status ch_config_load_file(ch_config *c, const char *path, ch_err *e);
+/* Applies CHARTER_<KEY> variables, the dotted key upper-cased with '_' for '.'. */
+CH_API ch_status ch_config_load_env(ch_config *c, ch_err *e);
+/* The config as a JSON object (for `charter serve --print-config`). */
+CH_API json_t *ch_config_to_json(const ch_config *c);
+
+/* ---------------------------------------------------------------------------------
+ * Metrics: counters and histograms with atomic updates, rendered in Prometheus text.
+ * ------------------------------------------------------------------------------- */
+#define CH_HIST_BUCKETS 16
+
+typedef struct ch_histogram {
+    const double *bounds; /* upper bounds, CH_HIST_BUCKETS of them (last is +Inf) */
+    uint64_t counts[CH_HIST_BUCKETS];
+    uint64_t count;
+    double sum;
+} ch_histogram;
+
+/* Bucket bounds for latencies in seconds and for sizes (batch counts). */
+CH_API extern const double ch_hist_latency_bounds[CH_HIST_BUCKETS];
+CH_API extern const double ch_hist_size_bounds[CH_HIST_BUCKETS];
+CH_API void ch_histogram_observe(ch_histogram *h, double v);
+/* Appends the Prometheus text of h with name and labels ("route=\"x\"" or "") to buf. */
+typedef struct ch_buf ch_buf;
+CH_API void ch_histogram_render(const ch_histogram *h, const char *name, const char *labels,
+                                ch_buf *out);
+
+/* A growable byte buffer (used for replies and metrics text). */
+struct ch_buf {
+    char *data;
+    size_t len, cap;
+};
+CH_API void ch_buf_append(ch_buf *b, const void *p, size_t n);
+CH_API void ch_buf_printf(ch_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+CH_API void ch_buf_free(ch_buf *b);
+
+/* ---------------------------------------------------------------------------------
+ * The database: one handle per process over a data dir. It owns the storage
+ * backend, a pool of read connections, the writer thread (group commit) and the
+ * retention sweeper.
+ * ------------------------------------------------------------------------------- */
+typedef struct ch_db ch_db;
+
+/* Opens (creating if needed) the data dir of cfg and starts the writer. With
+ * start_sweeper false no retention sweep runs (offline admin commands). */
+CH_API ch_status ch_db_open(const ch_config *cfg, bool start_sweeper, ch_db **out, ch_err *e);
+/* Drains queued writes (each is committed and completed), stops the threads, closes. */
+CH_API void ch_db_close(ch_db *db);
+/* Commit statistics for /metrics: batch sizes and commit (fsync) latency. The
+ * histograms are owned by db and updated atomically. */
+CH_API void ch_db_render_metrics(ch_db *db, ch_buf *out);
+
+/* ---------------------------------------------------------------------------------
+ * Tenants and API keys. A key is "chk_" + 43 base64url chars (32 random bytes); only
+ * its SHA-256 is stored.
+ * ------------------------------------------------------------------------------- */
+#define CH_TENANT_MAX 65
+#define CH_KEY_MAX 64
+
+/* Creates tenant (if new) and a key for it; writes the key text to key_out. */
+CH_API ch_status ch_key_create(ch_db *db, const char *tenant, char key_out[CH_KEY_MAX], ch_err *e);
+/* Resolves a presented key to its tenant. CH_UNAUTHORIZED when unknown. */
+CH_API ch_status ch_key_lookup(ch_db *db, const char *key, char tenant_out[CH_TENANT_MAX]);
+/* Number of keys stored (0 on a fresh data dir). */
+CH_API ch_status ch_key_count(ch_db *db, int64_t *n);
+/* True for a valid tenant name: 1-64 of [a-z0-9_-]. */
+CH_API bool ch_tenant_valid(const char *t);
+
+/* ---------------------------------------------------------------------------------
+ * Writes. Every write is a ch_req run by the writer thread inside a group commit.
+ * ch_submit() validates on the calling thread; if that fails it returns the error
+ * (in req->err too) and req->done is never called. Otherwise it returns CH_OK and
+ * req->done(req) is called exactly once, on the writer thread, after the commit
+ * holding the write is fsynced (or after it failed). ch_call() is the blocking form.
+ * ------------------------------------------------------------------------------- */
+typedef enum ch_op {
+    CH_OP_SESSION_CREATE,  /* body: {user, agent, mandate?, labels?, budget?} */
+    CH_OP_SESSION_APPEND,  /* id; body: one event or {events:[...]}, expect_seq? */
+    CH_OP_SESSION_PAUSE,   /* id; body: {reason?} or NULL */
+    CH_OP_SESSION_RESUME,  /* id; body: {} or NULL */
+    CH_OP_SESSION_CLOSE,   /* id; body: {reason?} or NULL */
+    CH_OP_SESSION_ARCHIVE, /* id; body: {reason?} or NULL */
+    CH_OP_SESSION_COMPACT, /* id; body: {through_seq, summary} */
+    CH_OP_FACT_PUT,        /* id, key; body: {value} */
+    CH_OP_FACT_DELETE,     /* id, key */
+    CH_OP_KEY_CREATE,      /* internal: see ch_key_create() */
+    CH_OP_RETENTION_SWEEP, /* internal: one retention pass */
+    CH__OP_COUNT
+} ch_op;
+
+typedef struct ch_req ch_req;
+struct ch_req {
+    /* input, set by the caller */
+    ch_op op;
+    char tenant[CH_TENANT_MAX];
+    char id[CH_ID_MAX];   /* target session id */
+    char *key;            /* fact key (borrowed; must outlive the request) */
+    json_t *body;         /* request body; a reference is taken by ch_submit */
+    void (*done)(ch_req *req);
+    void *udata;
+    /* output */
+    ch_err err;     /* err.status == CH_OK on success */
+    json_t *result; /* reply document on success; caller json_decref()s */
+    /* private to libcharter */
+    struct ch__req_priv *priv;
+    ch_req *next;
+};
+
+/* Validates req and queues it for the writer. See above for the contract. */
+CH_API ch_status ch_submit(ch_db *db, ch_req *req);
+/* Submits req and waits for its completion; returns req->err.status. req->done and
+ * req->udata are used internally and must not be set. */
+CH_API ch_status ch_call(ch_db *db, ch_req *req);
+/* Releases what a completed req holds (body, result, private data). */
+CH_API void ch_req_dispose(ch_req *req);
+
+/* ---------------------------------------------------------------------------------
+ * Reads. They run on the calling thread against a pooled read connection and see
+ * every acknowledged write. On success *out is a new reference the caller owns.
+ * ------------------------------------------------------------------------------- */
+typedef struct ch_session_query {
+    const char *user;    /* NULL: any */
+    const char *state;   /* NULL: any */
+    const char *mandate; /* NULL: any */
+    const char *cursor;  /* NULL: from the start */
+    int limit;           /* 1..1000 */
+} ch_session_query;
+
+CH_API ch_status ch_session_get(ch_db *db, const char *tenant, const char *id, json_t **out,
+                                ch_err *e);
+/* {sessions:[...], next_cursor} */
+CH_API ch_status ch_session_list(ch_db *db, const char *tenant, const ch_session_query *q,
+                                 json_t **out, ch_err *e);
+/* {events:[...], next_after}; limit 1..1000 */
+CH_API ch_status ch_events_list(ch_db *db, const char *tenant, const char *id, int64_t after,
+                                int limit, bool archived, json_t **out, ch_err *e);
+/* {key, value, updated_at} */
+CH_API ch_status ch_fact_get(ch_db *db, const char *tenant, const char *id, const char *key,
+                             json_t **out, ch_err *e);
+/* {facts:{...}} */
+CH_API ch_status ch_facts_list(ch_db *db, const char *tenant, const char *id, json_t **out,
+                               ch_err *e);
+/* {session, facts, summary, events, next_after}; limit 1..10000 */
+CH_API ch_status ch_bundle(ch_db *db, const char *tenant, const char *id, int limit,
+                           json_t **out, ch_err *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CHARTER_H */

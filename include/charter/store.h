@@ -1,0 +1,173 @@
+/*
+ * charter/store.h — the storage backend interface, for backend authors.
+ *
+ * A backend is a versioned table of functions (ch_store_methods) registered by name.
+ * Each ch_store is one connection; a backend subclasses it by putting `ch_store` first
+ * in its own struct. libcharter opens one writer connection (used only by the writer
+ * thread, which batches many requests into one transaction: group commit) and a pool
+ * of reader connections (each used by one thread at a time).
+ *
+ * Contract every backend keeps (tests/unit/test_store.c checks it for each one):
+ * - commit() returns only after the transaction is durable (fsynced);
+ * - a reader sees every transaction committed before its read began;
+ * - savepoint()/release(keep=false) undo exactly the work since the savepoint, so one
+ *   failing request in a batch never affects the others;
+ * - "not found" is CH_NOT_FOUND, nothing else; storage failures are CH_IO.
+ *
+ * Methods above a version mark are valid for tables whose `version` is at least it.
+ */
+#ifndef CHARTER_STORE_H
+#define CHARTER_STORE_H
+
+#include "charter.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CH_STORE_VERSION 1
+
+/* Session states. The names are the public `state` values. Add new states last. */
+#define CH_SESSION_STATE_MAP(XX)                                                           \
+    XX(OPEN, "open") XX(ACTIVE, "active") XX(PAUSED, "paused") XX(INERT, "inert")          \
+        XX(CLOSED, "closed") XX(ARCHIVED, "archived")
+
+typedef enum ch_session_state {
+#define CH__STATE_ENUM(name, text) CH_SESSION_##name,
+    CH_SESSION_STATE_MAP(CH__STATE_ENUM)
+#undef CH__STATE_ENUM
+        CH__SESSION_STATE_COUNT
+} ch_session_state;
+
+/* "open", "active", ...; NULL for an out-of-range value. */
+CH_API const char *ch_session_state_name(ch_session_state s);
+/* Parses a state name; returns -1 when unknown. */
+CH_API int ch_session_state_parse(const char *name);
+
+#define CH_NAME_MAX 257 /* user, agent, mandate: at most 256 bytes */
+
+/* One session row. Strings are NUL-terminated; labels and budget are canonical JSON
+ * text owned by the record (malloc'd; ch_session_rec_clear frees them). */
+typedef struct ch_session_rec {
+    int64_t sid; /* backend's internal key, set by session_insert */
+    char id[CH_ID_MAX];
+    char tenant[CH_TENANT_MAX];
+    char user[CH_NAME_MAX];
+    char agent[CH_NAME_MAX];
+    char mandate[CH_NAME_MAX]; /* "" when the session has no mandate */
+    char *labels;              /* JSON object text, never NULL once stored */
+    char *budget;              /* JSON object text, or NULL */
+    int64_t usage_tokens;
+    double usage_cost_usd;
+    int64_t usage_tool_calls;
+    ch_session_state state;
+    int64_t seq;         /* last event's seq; 0 when none */
+    int64_t summary_seq; /* seq of the live summary event; 0 when never compacted */
+    int64_t created_at;  /* ms since the epoch */
+    int64_t updated_at;  /* ms; last write of any kind (retention measures idleness by it) */
+} ch_session_rec;
+
+CH_API void ch_session_rec_clear(ch_session_rec *s);
+
+/* One event as stored: body is the canonical JSON of what was appended (kind, role,
+ * content, usage, meta) without seq and at. */
+typedef struct ch_event_rec {
+    int64_t seq;
+    int64_t at;
+    const char *body;
+    size_t len;
+} ch_event_rec;
+
+typedef struct ch_session_filter {
+    const char *user;     /* NULL: any */
+    int state;            /* -1: any */
+    const char *mandate;  /* NULL: any */
+    const char *after_id; /* keyset cursor: ids strictly greater; NULL: from the start */
+    int limit;
+} ch_session_filter;
+
+/* Callbacks return 0 to continue, non-zero to stop early. Pointers they receive are
+ * valid only during the call. */
+typedef int (*ch_session_cb)(void *arg, const ch_session_rec *s);
+typedef int (*ch_event_cb)(void *arg, const ch_event_rec *ev);
+typedef int (*ch_fact_cb)(void *arg, const char *key, const char *value, size_t value_len,
+                          int64_t updated_at);
+
+typedef struct ch_store ch_store;
+typedef struct ch_store_methods ch_store_methods;
+
+struct ch_store {
+    const ch_store_methods *methods;
+};
+
+struct ch_store_methods {
+    int version;      /* the CH_STORE_VERSION this table implements */
+    const char *name; /* "sqlite" */
+
+    /* ---- version 1 ---- */
+
+    /* Opens a connection on data_dir (creating dir and schema when writer is true). */
+    ch_status (*open)(const char *data_dir, bool writer, ch_store **out, ch_err *e);
+    void (*close)(ch_store *st);
+
+    /* Write transactions (writer connection only). commit() is durable on return. */
+    ch_status (*begin)(ch_store *st);
+    ch_status (*commit)(ch_store *st);
+    ch_status (*rollback)(ch_store *st);
+    ch_status (*savepoint)(ch_store *st);
+    /* Ends the innermost savepoint, keeping its work or undoing it. */
+    ch_status (*release)(ch_store *st, bool keep);
+
+    /* A consistent snapshot for several reads on one connection. */
+    ch_status (*read_begin)(ch_store *st);
+    void (*read_end)(ch_store *st);
+
+    /* Tenants and API keys (only hashes are stored). */
+    ch_status (*key_put)(ch_store *st, const uint8_t hash[32], const char *tenant, int64_t now);
+    ch_status (*key_get)(ch_store *st, const uint8_t hash[32], char tenant[CH_TENANT_MAX]);
+    ch_status (*key_count)(ch_store *st, int64_t *n);
+
+    /* Sessions. session_get fails with CH_NOT_FOUND when id is unknown or belongs to
+     * another tenant. out must be zeroed or cleared; the caller clears it after. */
+    ch_status (*session_insert)(ch_store *st, ch_session_rec *s);
+    ch_status (*session_get)(ch_store *st, const char *tenant, const char *id,
+                             ch_session_rec *out);
+    ch_status (*session_update)(ch_store *st, const ch_session_rec *s);
+    /* Deletes the session with its events, archived events and facts. */
+    ch_status (*session_delete)(ch_store *st, int64_t sid);
+    /* Sessions of tenant in id order, filtered. */
+    ch_status (*session_list)(ch_store *st, const char *tenant, const ch_session_filter *f,
+                              ch_session_cb cb, void *arg);
+    /* Sessions of any tenant in state whose updated_at < before, oldest first. */
+    ch_status (*session_due)(ch_store *st, ch_session_state state, int64_t before, int limit,
+                             ch_session_cb cb, void *arg);
+
+    /* Events. event_list gives, in seq order, at most limit events with seq > after:
+     * with archived < 0 the live log; otherwise the original history, i.e. archived
+     * events followed by live events with seq > archived (the summary's seq). */
+    ch_status (*event_insert)(ch_store *st, int64_t sid, const ch_event_rec *ev);
+    ch_status (*event_list)(ch_store *st, int64_t sid, int64_t after, int limit,
+                            int64_t archived, ch_event_cb cb, void *arg);
+    /* Moves live events with seq <= through into the archive, except the one at
+     * drop_seq (a superseded summary, dropped; 0 for none). *moved = events archived. */
+    ch_status (*event_archive)(ch_store *st, int64_t sid, int64_t through, int64_t drop_seq,
+                               int64_t *moved);
+
+    /* Facts: value is JSON text. fact_get/fact_delete fail with CH_NOT_FOUND. */
+    ch_status (*fact_put)(ch_store *st, int64_t sid, const char *key, const char *value,
+                          int64_t now);
+    ch_status (*fact_get)(ch_store *st, int64_t sid, const char *key, ch_fact_cb cb, void *arg);
+    ch_status (*fact_delete)(ch_store *st, int64_t sid, const char *key);
+    ch_status (*fact_list)(ch_store *st, int64_t sid, ch_fact_cb cb, void *arg);
+};
+
+/* Registers a backend under methods->name (before ch_db_open). The built-in "sqlite"
+ * backend is always registered. CH_EXISTS if the name is taken. */
+CH_API ch_status ch_store_register(const ch_store_methods *methods);
+/* The backend registered under name, or NULL. */
+CH_API const ch_store_methods *ch_store_find(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CHARTER_STORE_H */

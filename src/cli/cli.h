@@ -1,0 +1,144 @@
+/*
+ * cli.h — what the files of the `charter` command line share: the command entry
+ * points dispatched by main.c, the HTTP client every remote command goes through,
+ * the output helpers (JSON, tables, key: value views) and a few small utilities.
+ */
+#ifndef CH_CLI_H
+#define CH_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#define CH__CLI_VERSION "0.1.0"
+
+/* Exit codes of every command. CH__EXIT_USAGE is sysexits' EX_USAGE. */
+enum {
+    CH__EXIT_OK = 0,
+    CH__EXIT_FAIL = 1,        /* the server refused, or a local error */
+    CH__EXIT_UNREACHABLE = 2, /* no HTTP reply at all */
+    CH__EXIT_USAGE = 64,
+};
+
+/* ---------------------------------------------------------------------------------
+ * Commands. Each takes argv starting at its own name (argv[0] == "session") and
+ * returns the process exit code.
+ * ------------------------------------------------------------------------------- */
+
+/* `charter serve`: defined by the server (src/server). */
+int ch__serve_main(int argc, char **argv);
+/* `charter keys create`: offline, on the data dir. */
+int ch__keys_main(int argc, char **argv);
+/* `charter session <verb>`: the sessions API over HTTP. */
+int ch__session_main(int argc, char **argv);
+
+/* ---------------------------------------------------------------------------------
+ * HTTP client (client.c). One process talks to one server: ch__client_init() sets the
+ * base URL and key, every request reuses the same libcurl handle (and connection).
+ * ------------------------------------------------------------------------------- */
+
+/* Resolves the base URL (url, else $CHARTER_URL, else http://127.0.0.1:7433) and the
+ * key (first line of key_file, else $CHARTER_KEY, else none) and prepares libcurl.
+ * url and key_file may be NULL. Returns an exit code; on failure the reason has been
+ * printed to stderr. */
+int ch__client_init(const char *url, const char *key_file);
+/* Releases the client and wipes the key. Safe to call when init failed. */
+void ch__client_cleanup(void);
+/* The base URL in use ("http://127.0.0.1:7433", no trailing '/'). */
+const char *ch__client_base_url(void);
+
+/* Sends method to path ("/v1/sessions?limit=5", already escaped) with body (a JSON
+ * text, or NULL for none) and returns an exit code:
+ *   CH__EXIT_OK           2xx with a JSON reply; *reply is the caller's (json_decref)
+ *   CH__EXIT_FAIL         the server answered with an error; it has been printed as
+ *                         "charter: <code>: <message>"
+ *   CH__EXIT_UNREACHABLE  no reply; "charter: cannot reach <url>: ..." printed
+ * *status (may be NULL) receives the HTTP status, or 0 when there was no reply.
+ * *reply is NULL unless the result is CH__EXIT_OK. */
+int ch__client_request_raw(const char *method, const char *path, const char *body, size_t body_len,
+                           long *status, json_t **reply);
+/* ch__client_request_raw() with body serialized from a JSON value (NULL: no body). */
+int ch__client_request(const char *method, const char *path, const json_t *body, long *status,
+                       json_t **reply);
+/* Percent-encodes s for a URL path segment or query value. Returns malloc'd memory
+ * (free()). */
+char *ch__client_escape(const char *s);
+
+/* ---------------------------------------------------------------------------------
+ * Output (output.c).
+ * ------------------------------------------------------------------------------- */
+
+typedef enum ch__out_mode {
+    CH__OUT_HUMAN,   /* tables and key: value lines, for a terminal */
+    CH__OUT_PRETTY,  /* --json: indented JSON, sorted keys */
+    CH__OUT_COMPACT, /* stdout is not a terminal: one line of JSON */
+} ch__out_mode;
+
+/* --json gives CH__OUT_PRETTY; otherwise a terminal on stdout gives CH__OUT_HUMAN and
+ * anything else CH__OUT_COMPACT. */
+ch__out_mode ch__out_mode_pick(bool json_flag);
+/* The fewest significant digits (1..17) that print every real in v so that it reads
+ * back exactly: for JSON_REAL_PRECISION(), so 0.1 prints as 0.1 and not as jansson's
+ * default 0.10000000000000001. */
+int ch__json_real_precision(const json_t *v);
+/* Prints v on stdout as JSON in the given mode (PRETTY or COMPACT), then a newline. */
+void ch__print_json(const json_t *v, ch__out_mode mode);
+/* Flushes stdout; returns CH__EXIT_FAIL (after saying so) when writing failed. */
+int ch__flush_stdout(void);
+
+/* s made safe for one line of a terminal: control characters become spaces and the
+ * text is cut to max characters (0: no limit), ending in "..." when cut. malloc'd. */
+char *ch__clip_text(const char *s, size_t max);
+/* ch__clip_text() of a JSON value: strings as they are, null and absent as "-",
+ * anything else as compact JSON. malloc'd (free()). */
+char *ch__cell_text(const json_t *v, size_t max);
+
+/* A table printed with aligned columns. */
+typedef struct ch__table {
+    size_t ncols;
+    const char *const *headers;
+    char **cells; /* nrows * ncols */
+    size_t nrows, cap;
+} ch__table;
+
+void ch__table_init(ch__table *t, size_t ncols, const char *const *headers);
+/* Adds a row of t->ncols malloc'd strings; the table takes them over. */
+void ch__table_add(ch__table *t, char **row);
+/* Prints the header and the rows to f, each line prefixed with indent. */
+void ch__table_print(const ch__table *t, FILE *f, const char *indent);
+void ch__table_free(ch__table *t);
+
+/* Human views of the sessions API replies. */
+void ch__view_session(const json_t *session);
+void ch__view_sessions(const json_t *reply); /* {sessions, next_cursor} */
+void ch__view_events(const json_t *reply);   /* {events, next_after} */
+void ch__view_appended(const json_t *reply); /* {first_seq, last_seq} */
+void ch__view_facts(const json_t *reply);    /* {facts} */
+void ch__view_fact(const json_t *reply);     /* {key, value, updated_at} */
+void ch__view_fact_deleted(const json_t *reply);
+void ch__view_compacted(const json_t *reply); /* {summary_seq, archived} */
+void ch__view_bundle(const json_t *reply);
+
+/* ---------------------------------------------------------------------------------
+ * Utilities (util.c). The x* allocators print "charter: out of memory" and exit 1
+ * instead of returning NULL: a command line has nothing better to do.
+ * ------------------------------------------------------------------------------- */
+_Noreturn void ch__oom(void);
+void *ch__xrealloc(void *p, size_t n);
+char *ch__xstrdup(const char *s);
+char *ch__xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+json_t *ch__json_object(void);
+/* Sets o[key] = v, taking v's reference; exits on allocation failure (v NULL). */
+void ch__json_set(json_t *o, const char *key, json_t *v);
+
+/* Whole-string numbers: no trailing junk, no overflow, finite. */
+bool ch__parse_int(const char *s, long long *out);
+bool ch__parse_real(const char *s, double *out);
+
+/* Reads all of path ("-" = stdin). Returns malloc'd memory NUL-terminated, *len its
+ * length without the NUL; NULL with errno set on failure. */
+char *ch__read_file(const char *path, size_t *len);
+
+#endif /* CH_CLI_H */

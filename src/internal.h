@@ -1,0 +1,80 @@
+/*
+ * internal.h — declarations shared between libcharter's modules (ch__ names), never
+ * part of the public API.
+ */
+#ifndef CHARTER_INTERNAL_H
+#define CHARTER_INTERNAL_H
+
+#include <pthread.h>
+
+#include "charter.h"
+#include "charter/store.h"
+
+/* One kind of write: prepare runs on the submitting thread (validation and any work
+ * that needs no storage, so the writer thread does as little as possible); exec runs
+ * on the writer thread inside a savepoint of the current group commit and fills
+ * req->result, or req->err and returns its status (the savepoint is then undone). */
+typedef struct ch__op_def {
+    ch_status (*prepare)(ch_db *db, ch_req *req);
+    ch_status (*exec)(ch_db *db, ch_store *w, ch_req *req);
+} ch__op_def;
+
+/* What libcharter keeps per request between prepare and exec. */
+struct ch__req_priv {
+    void *prep;                  /* op-specific prepared data */
+    void (*prep_free)(void *);   /* frees prep */
+    pthread_mutex_t mu;          /* ch_call(): completion wait */
+    pthread_cond_t cv;
+    bool finished;
+};
+
+/* The operations defined by each module, indexed by ch_op (NULL where not theirs). */
+extern const ch__op_def *const ch__session_ops[CH__OP_COUNT];
+extern const ch__op_def *const ch__key_ops[CH__OP_COUNT];
+
+/* The db's configuration (owned by db). */
+const ch_config *ch__db_config(ch_db *db);
+
+/* Borrows a reader connection from the pool; give it back with ch__reader_put. */
+ch_store *ch__reader_get(ch_db *db, ch_err *e);
+void ch__reader_put(ch_db *db, ch_store *r);
+
+/* The built-in SQLite backend. */
+extern const ch_store_methods ch__sqlite_methods;
+
+/* "May this session continue?" — the one question every resume, append and move out
+ * of `inert` asks before going on. Returns CH_OK, or CH_MANDATE_INACTIVE with e
+ * filled. This is the seam the mandate layer plugs into. */
+ch_status ch__session_may_continue(ch_db *db, ch_store *w, const ch_session_rec *s, ch_err *e);
+
+/* Appends one charter-written event (lifecycle, summary) to s at s->seq + 1. */
+ch_status ch__session_append_system(ch_store *w, ch_session_rec *s, const char *kind,
+                                    json_t *content, int64_t now);
+
+/* Builds the public JSON of a session record. */
+json_t *ch__session_to_json(const ch_session_rec *s);
+
+/* Sets err.state to the name of s's state (for invalid_transition/invalid_state). */
+void ch__err_state(ch_err *e, ch_session_state s);
+
+#endif /* CHARTER_INTERNAL_H */
+
+/* ---- request field validation (fields.c) ----
+ * Each helper names the offending field as prefix + name ("events[2].kind") and
+ * returns the status it set in e. */
+
+/* Fails with unknown_field on any key of obj not in allowed (NULL-terminated). */
+ch_status ch__fields_known(const json_t *obj, const char *prefix, const char *const allowed[],
+                           ch_err *e);
+/* A string of 1..max bytes. Absent or null: *out = NULL, an error only if required. */
+ch_status ch__field_string(const json_t *obj, const char *prefix, const char *name,
+                           bool required, size_t max, const char **out, ch_err *e);
+/* An integer in [min, max]. Absent: *present = false (error only if required). */
+ch_status ch__field_int(const json_t *obj, const char *prefix, const char *name, bool required,
+                        int64_t min, int64_t max, int64_t *out, bool *present, ch_err *e);
+/* A number (integer or real) in [min, max]; absent: *present = false. */
+ch_status ch__field_number(const json_t *obj, const char *prefix, const char *name, double min,
+                           double max, double *out, bool *present, ch_err *e);
+/* An object; absent or null: *out = NULL. */
+ch_status ch__field_object(const json_t *obj, const char *prefix, const char *name,
+                           json_t **out, ch_err *e);

@@ -1,0 +1,670 @@
+/*
+ * sqlite.c — the embedded default storage backend: one SQLite database file,
+ * `<data-dir>/charter.db`, in WAL mode with synchronous=FULL, so a commit returns
+ * only once its WAL frames are fsynced.
+ *
+ * Each connection caches its prepared statements (prepared on first use with
+ * SQLITE_PREPARE_PERSISTENT). Event bodies are stored as canonical JSON text, keyed
+ * by (session rowid, seq) in WITHOUT ROWID tables so a session's events are contiguous
+ * on disk and a range read is one b-tree walk.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <sqlite3.h>
+
+#include "internal.h"
+
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS tenants(name TEXT PRIMARY KEY, created_at INTEGER NOT NULL)"
+    " WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS api_keys(hash BLOB PRIMARY KEY, tenant TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS sessions("
+    " sid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,"
+    " user TEXT NOT NULL, agent TEXT NOT NULL, mandate TEXT NOT NULL,"
+    " labels TEXT NOT NULL, budget TEXT,"
+    " usage_tokens INTEGER NOT NULL, usage_cost_usd REAL NOT NULL,"
+    " usage_tool_calls INTEGER NOT NULL, state TEXT NOT NULL,"
+    " seq INTEGER NOT NULL, summary_seq INTEGER NOT NULL,"
+    " created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS sessions_by_tenant ON sessions(tenant, id);"
+    "CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions(state, updated_at);"
+    "CREATE TABLE IF NOT EXISTS events(sid INTEGER NOT NULL, seq INTEGER NOT NULL,"
+    " at INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY(sid, seq)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS events_archive(sid INTEGER NOT NULL, seq INTEGER NOT NULL,"
+    " at INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY(sid, seq)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS facts(sid INTEGER NOT NULL, key TEXT NOT NULL,"
+    " value TEXT NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY(sid, key)) WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', '1');";
+
+#define SESSION_COLS                                                                      \
+    "sid, id, tenant, user, agent, mandate, labels, budget, usage_tokens, usage_cost_usd, " \
+    "usage_tool_calls, state, seq, summary_seq, created_at, updated_at"
+
+/* Every statement a connection uses, prepared lazily and kept for its lifetime. */
+enum stmt_id {
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_SAVEPOINT,
+    S_RELEASE,
+    S_ROLLBACK_TO,
+    S_READ_BEGIN,
+    S_READ_END,
+    S_TENANT_PUT,
+    S_KEY_PUT,
+    S_KEY_GET,
+    S_KEY_COUNT,
+    S_SESSION_INSERT,
+    S_SESSION_GET,
+    S_SESSION_UPDATE,
+    S_SESSION_DELETE,
+    S_SESSION_DELETE_EVENTS,
+    S_SESSION_DELETE_ARCHIVE,
+    S_SESSION_DELETE_FACTS,
+    S_SESSION_LIST,
+    S_SESSION_DUE,
+    S_EVENT_INSERT,
+    S_EVENT_LIST,
+    S_EVENT_LIST_ARCHIVED,
+    S_EVENT_ARCHIVE_COPY,
+    S_EVENT_ARCHIVE_DELETE,
+    S_FACT_PUT,
+    S_FACT_GET,
+    S_FACT_DELETE,
+    S_FACT_LIST,
+    S__COUNT
+};
+
+static const char *const stmt_sql[S__COUNT] = {
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+    [S_SAVEPOINT] = "SAVEPOINT req",
+    [S_RELEASE] = "RELEASE req",
+    [S_ROLLBACK_TO] = "ROLLBACK TO req",
+    [S_READ_BEGIN] = "BEGIN",
+    [S_READ_END] = "COMMIT",
+    [S_TENANT_PUT] = "INSERT OR IGNORE INTO tenants(name, created_at) VALUES(?1, ?2)",
+    [S_KEY_PUT] = "INSERT INTO api_keys(hash, tenant, created_at) VALUES(?1, ?2, ?3)",
+    [S_KEY_GET] = "SELECT tenant FROM api_keys WHERE hash = ?1",
+    [S_KEY_COUNT] = "SELECT count(*) FROM api_keys",
+    [S_SESSION_INSERT] = "INSERT INTO sessions(" SESSION_COLS ") VALUES(NULL, ?2, ?3, ?4, ?5, ?6,"
+                         " ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    [S_SESSION_GET] = "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1 AND tenant = ?2",
+    [S_SESSION_UPDATE] = "UPDATE sessions SET user = ?4, agent = ?5, mandate = ?6, labels = ?7,"
+                         " budget = ?8, usage_tokens = ?9, usage_cost_usd = ?10,"
+                         " usage_tool_calls = ?11, state = ?12, seq = ?13, summary_seq = ?14,"
+                         " updated_at = ?16 WHERE sid = ?1",
+    [S_SESSION_DELETE] = "DELETE FROM sessions WHERE sid = ?1",
+    [S_SESSION_DELETE_EVENTS] = "DELETE FROM events WHERE sid = ?1",
+    [S_SESSION_DELETE_ARCHIVE] = "DELETE FROM events_archive WHERE sid = ?1",
+    [S_SESSION_DELETE_FACTS] = "DELETE FROM facts WHERE sid = ?1",
+    [S_SESSION_LIST] = "SELECT " SESSION_COLS " FROM sessions WHERE tenant = ?1 AND id > ?2"
+                       " AND (?3 IS NULL OR user = ?3) AND (?4 IS NULL OR state = ?4)"
+                       " AND (?5 IS NULL OR mandate = ?5) ORDER BY id LIMIT ?6",
+    [S_SESSION_DUE] = "SELECT " SESSION_COLS " FROM sessions WHERE state = ?1 AND updated_at < ?2"
+                      " ORDER BY updated_at LIMIT ?3",
+    [S_EVENT_INSERT] = "INSERT INTO events(sid, seq, at, body) VALUES(?1, ?2, ?3, ?4)",
+    [S_EVENT_LIST] = "SELECT seq, at, body FROM events WHERE sid = ?1 AND seq > ?2"
+                     " ORDER BY seq LIMIT ?3",
+    [S_EVENT_LIST_ARCHIVED] = "SELECT seq, at, body FROM events_archive WHERE sid = ?1 AND seq > ?2"
+                              " UNION ALL SELECT seq, at, body FROM events WHERE sid = ?1"
+                              " AND seq > max(?2, ?4) ORDER BY seq LIMIT ?3",
+    [S_EVENT_ARCHIVE_COPY] = "INSERT INTO events_archive(sid, seq, at, body)"
+                             " SELECT sid, seq, at, body FROM events"
+                             " WHERE sid = ?1 AND seq <= ?2 AND seq <> ?3",
+    [S_EVENT_ARCHIVE_DELETE] = "DELETE FROM events WHERE sid = ?1 AND seq <= ?2",
+    [S_FACT_PUT] = "INSERT INTO facts(sid, key, value, updated_at) VALUES(?1, ?2, ?3, ?4)"
+                   " ON CONFLICT(sid, key) DO UPDATE SET value = excluded.value,"
+                   " updated_at = excluded.updated_at",
+    [S_FACT_GET] = "SELECT key, value, updated_at FROM facts WHERE sid = ?1 AND key = ?2",
+    [S_FACT_DELETE] = "DELETE FROM facts WHERE sid = ?1 AND key = ?2",
+    [S_FACT_LIST] = "SELECT key, value, updated_at FROM facts WHERE sid = ?1 ORDER BY key",
+};
+
+typedef struct sqlite_store {
+    ch_store base; /* must be first */
+    sqlite3 *db;
+    sqlite3_stmt *stmts[S__COUNT];
+} sqlite_store;
+
+static ch_status io_error(sqlite_store *s, const char *what)
+{
+    ch_log(CH_LOG_ERROR, "sqlite error", "{s:s, s:s, s:i}", "op", what, "error",
+           sqlite3_errmsg(s->db), "code", sqlite3_extended_errcode(s->db));
+    return CH_IO;
+}
+
+/* The cached statement id, reset and with bindings cleared, ready to bind. */
+static sqlite3_stmt *stmt(sqlite_store *s, enum stmt_id id)
+{
+    sqlite3_stmt *st = s->stmts[id];
+    if (st == NULL) {
+        if (sqlite3_prepare_v3(s->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) !=
+            SQLITE_OK) {
+            io_error(s, stmt_sql[id]);
+            return NULL;
+        }
+        s->stmts[id] = st;
+    }
+    return st;
+}
+
+static void done(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+/* Runs a statement that returns no rows. */
+static ch_status exec_stmt(sqlite_store *s, sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    done(st);
+    if (rc == SQLITE_DONE)
+        return CH_OK;
+    if (rc == SQLITE_CONSTRAINT)
+        return CH_EXISTS;
+    return io_error(s, sqlite3_sql(st));
+}
+
+static ch_status simple(ch_store *base, enum stmt_id id)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    sqlite3_stmt *st = stmt(s, id);
+    return st ? exec_stmt(s, st) : CH_IO;
+}
+
+static ch_status exec_script(sqlite_store *s, const char *sql, ch_err *e)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        ch_err_set(e, CH_IO, NULL, "sqlite: %s", msg ? msg : "error");
+        sqlite3_free(msg);
+        return CH_IO;
+    }
+    return CH_OK;
+}
+
+static void s_close(ch_store *base)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    if (s == NULL)
+        return;
+    for (int i = 0; i < S__COUNT; i++)
+        sqlite3_finalize(s->stmts[i]);
+    sqlite3_close(s->db);
+    free(s);
+}
+
+static ch_status s_open(const char *data_dir, bool writer, ch_store **out, ch_err *e)
+{
+    char path[2048];
+    sqlite_store *s = calloc(1, sizeof(*s));
+
+    if (s == NULL)
+        return ch_err_set(e, CH_NOMEM, NULL, NULL);
+    s->base.methods = &ch__sqlite_methods;
+    if (writer && mkdir(data_dir, 0700) != 0 && errno != EEXIST) {
+        ch_err_set(e, CH_IO, NULL, "cannot create data dir %s: %s", data_dir, strerror(errno));
+        goto fail;
+    }
+    snprintf(path, sizeof(path), "%s/charter.db", data_dir);
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (writer ? SQLITE_OPEN_CREATE : 0);
+    if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
+        ch_err_set(e, CH_IO, NULL, "cannot open %s: %s", path,
+                   s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        goto fail;
+    }
+    /* Other processes (charter keys create) may write too: wait for their short
+     * transactions rather than failing. */
+    sqlite3_busy_timeout(s->db, 10000);
+    if (exec_script(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                       " PRAGMA foreign_keys=OFF; PRAGMA cache_size=-65536;",
+                    e) != CH_OK)
+        goto fail;
+    if (writer && exec_script(s, "BEGIN IMMEDIATE;", e) == CH_OK) {
+        if (exec_script(s, schema_sql, e) != CH_OK) {
+            exec_script(s, "ROLLBACK;", NULL);
+            goto fail;
+        }
+        if (exec_script(s, "COMMIT;", e) != CH_OK)
+            goto fail;
+    } else if (writer) {
+        goto fail;
+    }
+    *out = &s->base;
+    return CH_OK;
+fail:
+    s_close(&s->base);
+    return e ? e->status : CH_IO;
+}
+
+static ch_status s_begin(ch_store *b)
+{
+    return simple(b, S_BEGIN);
+}
+static ch_status s_commit(ch_store *b)
+{
+    return simple(b, S_COMMIT);
+}
+static ch_status s_rollback(ch_store *b)
+{
+    return simple(b, S_ROLLBACK);
+}
+static ch_status s_savepoint(ch_store *b)
+{
+    return simple(b, S_SAVEPOINT);
+}
+static ch_status s_release(ch_store *b, bool keep)
+{
+    if (!keep) {
+        ch_status st = simple(b, S_ROLLBACK_TO);
+        if (st != CH_OK)
+            return st;
+    }
+    return simple(b, S_RELEASE);
+}
+static ch_status s_read_begin(ch_store *b)
+{
+    return simple(b, S_READ_BEGIN);
+}
+static void s_read_end(ch_store *b)
+{
+    simple(b, S_READ_END);
+}
+
+static ch_status s_key_put(ch_store *b, const uint8_t hash[32], const char *tenant, int64_t now)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_TENANT_PUT);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    ch_status rc = exec_stmt(s, st);
+    if (rc != CH_OK)
+        return rc;
+    st = stmt(s, S_KEY_PUT);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_blob(st, 1, hash, 32, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now);
+    return exec_stmt(s, st);
+}
+
+static ch_status s_key_get(ch_store *b, const uint8_t hash[32], char tenant[CH_TENANT_MAX])
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_KEY_GET);
+    ch_status rc = CH_NOT_FOUND;
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_blob(st, 1, hash, 32, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        snprintf(tenant, CH_TENANT_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
+        rc = CH_OK;
+    } else if (r != SQLITE_DONE) {
+        rc = io_error(s, "key_get");
+    }
+    done(st);
+    return rc;
+}
+
+static ch_status s_key_count(ch_store *b, int64_t *n)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_KEY_COUNT);
+    ch_status rc = CH_OK;
+    if (st == NULL)
+        return CH_IO;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        *n = sqlite3_column_int64(st, 0);
+    else
+        rc = io_error(s, "key_count");
+    done(st);
+    return rc;
+}
+
+static void bind_session(sqlite3_stmt *st, const ch_session_rec *r)
+{
+    sqlite3_bind_int64(st, 1, r->sid);
+    sqlite3_bind_text(st, 2, r->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->user, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->agent, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, r->mandate, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, r->labels ? r->labels : "{}", -1, SQLITE_STATIC);
+    if (r->budget)
+        sqlite3_bind_text(st, 8, r->budget, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 8);
+    sqlite3_bind_int64(st, 9, r->usage_tokens);
+    sqlite3_bind_double(st, 10, r->usage_cost_usd);
+    sqlite3_bind_int64(st, 11, r->usage_tool_calls);
+    sqlite3_bind_text(st, 12, ch_session_state_name(r->state), -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 13, r->seq);
+    sqlite3_bind_int64(st, 14, r->summary_seq);
+    sqlite3_bind_int64(st, 15, r->created_at);
+    sqlite3_bind_int64(st, 16, r->updated_at);
+}
+
+static char *dup_col(sqlite3_stmt *st, int col)
+{
+    if (sqlite3_column_type(st, col) == SQLITE_NULL)
+        return NULL;
+    return strdup((const char *)sqlite3_column_text(st, col));
+}
+
+static void copy_col(sqlite3_stmt *st, int col, char *dst, size_t n)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    snprintf(dst, n, "%s", t ? (const char *)t : "");
+}
+
+static void read_session(sqlite3_stmt *st, ch_session_rec *r)
+{
+    ch_session_rec_clear(r);
+    r->sid = sqlite3_column_int64(st, 0);
+    copy_col(st, 1, r->id, sizeof(r->id));
+    copy_col(st, 2, r->tenant, sizeof(r->tenant));
+    copy_col(st, 3, r->user, sizeof(r->user));
+    copy_col(st, 4, r->agent, sizeof(r->agent));
+    copy_col(st, 5, r->mandate, sizeof(r->mandate));
+    r->labels = dup_col(st, 6);
+    r->budget = dup_col(st, 7);
+    r->usage_tokens = sqlite3_column_int64(st, 8);
+    r->usage_cost_usd = sqlite3_column_double(st, 9);
+    r->usage_tool_calls = sqlite3_column_int64(st, 10);
+    int state = ch_session_state_parse((const char *)sqlite3_column_text(st, 11));
+    r->state = state < 0 ? CH_SESSION_CLOSED : (ch_session_state)state;
+    r->seq = sqlite3_column_int64(st, 12);
+    r->summary_seq = sqlite3_column_int64(st, 13);
+    r->created_at = sqlite3_column_int64(st, 14);
+    r->updated_at = sqlite3_column_int64(st, 15);
+}
+
+static ch_status s_session_insert(ch_store *b, ch_session_rec *r)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_SESSION_INSERT);
+    if (st == NULL)
+        return CH_IO;
+    bind_session(st, r);
+    ch_status rc = exec_stmt(s, st);
+    if (rc == CH_OK)
+        r->sid = sqlite3_last_insert_rowid(s->db);
+    return rc;
+}
+
+static ch_status s_session_get(ch_store *b, const char *tenant, const char *id,
+                               ch_session_rec *out)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_SESSION_GET);
+    ch_status rc = CH_NOT_FOUND;
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, tenant, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        read_session(st, out);
+        rc = CH_OK;
+    } else if (r != SQLITE_DONE) {
+        rc = io_error(s, "session_get");
+    }
+    done(st);
+    return rc;
+}
+
+static ch_status s_session_update(ch_store *b, const ch_session_rec *r)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_SESSION_UPDATE);
+    if (st == NULL)
+        return CH_IO;
+    bind_session(st, r);
+    ch_status rc = exec_stmt(s, st);
+    if (rc == CH_OK && sqlite3_changes(s->db) == 0)
+        rc = CH_NOT_FOUND;
+    return rc;
+}
+
+static ch_status s_session_delete(ch_store *b, int64_t sid)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    static const enum stmt_id steps[] = {S_SESSION_DELETE_EVENTS, S_SESSION_DELETE_ARCHIVE,
+                                         S_SESSION_DELETE_FACTS, S_SESSION_DELETE};
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        sqlite3_stmt *st = stmt(s, steps[i]);
+        if (st == NULL)
+            return CH_IO;
+        sqlite3_bind_int64(st, 1, sid);
+        ch_status rc = exec_stmt(s, st);
+        if (rc != CH_OK)
+            return rc;
+    }
+    return CH_OK;
+}
+
+/* Steps st, handing each session row to cb. */
+static ch_status each_session(sqlite_store *s, sqlite3_stmt *st, ch_session_cb cb, void *arg)
+{
+    ch_session_rec r = {0};
+    ch_status rc = CH_OK;
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        read_session(st, &r);
+        if (cb(arg, &r) != 0)
+            break;
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = io_error(s, "session scan");
+    ch_session_rec_clear(&r);
+    done(st);
+    return rc;
+}
+
+static ch_status s_session_list(ch_store *b, const char *tenant, const ch_session_filter *f,
+                                ch_session_cb cb, void *arg)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_SESSION_LIST);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, f->after_id ? f->after_id : "", -1, SQLITE_STATIC);
+    if (f->user)
+        sqlite3_bind_text(st, 3, f->user, -1, SQLITE_STATIC);
+    if (f->state >= 0)
+        sqlite3_bind_text(st, 4, ch_session_state_name((ch_session_state)f->state), -1,
+                          SQLITE_STATIC);
+    if (f->mandate)
+        sqlite3_bind_text(st, 5, f->mandate, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 6, f->limit);
+    return each_session(s, st, cb, arg);
+}
+
+static ch_status s_session_due(ch_store *b, ch_session_state state, int64_t before, int limit,
+                               ch_session_cb cb, void *arg)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_SESSION_DUE);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, ch_session_state_name(state), -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, before);
+    sqlite3_bind_int(st, 3, limit);
+    return each_session(s, st, cb, arg);
+}
+
+static ch_status s_event_insert(ch_store *b, int64_t sid, const ch_event_rec *ev)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_EVENT_INSERT);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, sid);
+    sqlite3_bind_int64(st, 2, ev->seq);
+    sqlite3_bind_int64(st, 3, ev->at);
+    sqlite3_bind_text(st, 4, ev->body, (int)ev->len, SQLITE_STATIC);
+    return exec_stmt(s, st);
+}
+
+static ch_status s_event_list(ch_store *b, int64_t sid, int64_t after, int limit,
+                              int64_t archived, ch_event_cb cb, void *arg)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, archived < 0 ? S_EVENT_LIST : S_EVENT_LIST_ARCHIVED);
+    ch_status rc = CH_OK;
+    int step;
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, sid);
+    sqlite3_bind_int64(st, 2, after);
+    sqlite3_bind_int(st, 3, limit);
+    if (archived >= 0)
+        sqlite3_bind_int64(st, 4, archived);
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        ch_event_rec ev = {
+            .seq = sqlite3_column_int64(st, 0),
+            .at = sqlite3_column_int64(st, 1),
+            .body = (const char *)sqlite3_column_text(st, 2),
+            .len = (size_t)sqlite3_column_bytes(st, 2),
+        };
+        if (cb(arg, &ev) != 0)
+            break;
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = io_error(s, "event_list");
+    done(st);
+    return rc;
+}
+
+static ch_status s_event_archive(ch_store *b, int64_t sid, int64_t through, int64_t drop_seq,
+                                 int64_t *moved)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_EVENT_ARCHIVE_COPY);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, sid);
+    sqlite3_bind_int64(st, 2, through);
+    sqlite3_bind_int64(st, 3, drop_seq);
+    ch_status rc = exec_stmt(s, st);
+    if (rc != CH_OK)
+        return rc;
+    *moved = sqlite3_changes(s->db);
+    st = stmt(s, S_EVENT_ARCHIVE_DELETE);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, sid);
+    sqlite3_bind_int64(st, 2, through);
+    return exec_stmt(s, st);
+}
+
+static ch_status s_fact_put(ch_store *b, int64_t sid, const char *key, const char *value,
+                            int64_t now)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_FACT_PUT);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, sid);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, now);
+    return exec_stmt(s, st);
+}
+
+static ch_status each_fact(sqlite_store *s, sqlite3_stmt *st, ch_fact_cb cb, void *arg,
+                           bool need_one)
+{
+    ch_status rc = need_one ? CH_NOT_FOUND : CH_OK;
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        rc = CH_OK;
+        if (cb(arg, (const char *)sqlite3_column_text(st, 0),
+               (const char *)sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1),
+               sqlite3_column_int64(st, 2)) != 0)
+            break;
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = io_error(s, "fact scan");
+    done(st);
+    return rc;
+}
+
+static ch_status s_fact_get(ch_store *b, int64_t sid, const char *key, ch_fact_cb cb, void *arg)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_FACT_GET);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, sid);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    return each_fact(s, st, cb, arg, true);
+}
+
+static ch_status s_fact_delete(ch_store *b, int64_t sid, const char *key)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_FACT_DELETE);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, sid);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    ch_status rc = exec_stmt(s, st);
+    if (rc == CH_OK && sqlite3_changes(s->db) == 0)
+        rc = CH_NOT_FOUND;
+    return rc;
+}
+
+static ch_status s_fact_list(ch_store *b, int64_t sid, ch_fact_cb cb, void *arg)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_FACT_LIST);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, sid);
+    return each_fact(s, st, cb, arg, false);
+}
+
+const ch_store_methods ch__sqlite_methods = {
+    .version = 1,
+    .name = "sqlite",
+    .open = s_open,
+    .close = s_close,
+    .begin = s_begin,
+    .commit = s_commit,
+    .rollback = s_rollback,
+    .savepoint = s_savepoint,
+    .release = s_release,
+    .read_begin = s_read_begin,
+    .read_end = s_read_end,
+    .key_put = s_key_put,
+    .key_get = s_key_get,
+    .key_count = s_key_count,
+    .session_insert = s_session_insert,
+    .session_get = s_session_get,
+    .session_update = s_session_update,
+    .session_delete = s_session_delete,
+    .session_list = s_session_list,
+    .session_due = s_session_due,
+    .event_insert = s_event_insert,
+    .event_list = s_event_list,
+    .event_archive = s_event_archive,
+    .fact_put = s_fact_put,
+    .fact_get = s_fact_get,
+    .fact_delete = s_fact_delete,
+    .fact_list = s_fact_list,
+};

@@ -1,0 +1,441 @@
+"""test_routes.py — the happy path of every route in docs/api.md, with the response
+fields checked exactly as documented."""
+
+import os
+import re
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import ID_RE, TIME_RE, EVENT_FIELDS, assert_status, check_session_shape, q  # noqa: E402
+
+srv = None
+
+
+def setUpModule():
+    global srv
+    srv = harness.Server()
+
+
+def tearDownModule():
+    srv.stop()
+
+
+class HealthAndMetrics(unittest.TestCase):
+    def test_healthz(self):
+        r = srv.request("GET", "/healthz", key=None)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json, {"status": "ok"})
+
+    def test_metrics(self):
+        # Make sure there has been at least one request and one commit.
+        s = srv.create_session(user="metrics")
+        assert_status(srv.append(s["id"], {"kind": "message", "content": "m"}), 201)
+        r = srv.request("GET", "/metrics", key=None)
+        self.assertEqual(r.status, 200, r.raw[:300])
+        self.assertTrue(r.headers.get("content-type", "").startswith("text/plain"),
+                        r.headers.get("content-type"))
+        text = r.raw.decode("utf-8")
+        sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)( \d+)?$')
+        names = set()
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            m = sample.match(line)
+            self.assertIsNotNone(m, "not a Prometheus sample line: %r" % line)
+            float(m.group(3))  # value parses (NaN/+Inf included)
+            names.add(m.group(1))
+        for want in ("charter_http_requests_total",):
+            self.assertIn(want, names, "metrics lack %s" % want)
+        for hist in ("charter_commit_batch_size", "charter_commit_seconds"):
+            for suffix in ("_bucket", "_sum", "_count"):
+                self.assertIn(hist + suffix, names, "metrics lack %s%s" % (hist, suffix))
+        self.assertRegex(text, r'charter_commit_batch_size_bucket\{[^}]*le="\+Inf"[^}]*\} ')
+
+        def total(txt, name):
+            t = 0.0
+            for line in txt.splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    t += float(line.rsplit(" ", 1)[1])
+            return t
+
+        self.assertGreater(total(text, "charter_commit_batch_size_count"), 0)
+        before = total(text, "charter_http_requests_total")
+        for _ in range(5):
+            srv.request("GET", "/v1/sessions/" + s["id"])
+        text2 = srv.request("GET", "/metrics", key=None).raw.decode("utf-8")
+        self.assertGreaterEqual(total(text2, "charter_http_requests_total"), before + 5)
+
+
+class Sessions(unittest.TestCase):
+    def test_create_minimal(self):
+        r = srv.request("POST", "/v1/sessions", {"user": "alice", "agent": "coder"})
+        self.assertEqual(r.status, 201, r.raw)
+        s = r.json
+        check_session_shape(self, s)
+        self.assertEqual(s["user"], "alice")
+        self.assertEqual(s["agent"], "coder")
+        self.assertIsNone(s["mandate"])
+        self.assertEqual(s["state"], "open")
+        self.assertEqual(s["seq"], 0)
+        self.assertEqual(s["summary_seq"], 0)
+        self.assertEqual(s["usage"], {"tokens": 0, "cost_usd": 0.0, "tool_calls": 0})
+        self.assertIn(s["labels"], ({}, None))
+        self.assertEqual(s["created_at"], s["updated_at"])
+
+    def test_create_full_and_get(self):
+        body = {"user": "bob", "agent": "planner", "mandate": "mdt_handle_1",
+                "labels": {"repo": "web", "team": "infra"},
+                "budget": {"tokens": 100000, "cost_usd": 5.0, "tool_calls": 200}}
+        r = srv.request("POST", "/v1/sessions", body)
+        self.assertEqual(r.status, 201, r.raw)
+        s = r.json
+        check_session_shape(self, s)
+        self.assertEqual(s["mandate"], "mdt_handle_1")
+        self.assertEqual(s["labels"], {"repo": "web", "team": "infra"})
+        self.assertEqual(s["budget"], {"tokens": 100000, "cost_usd": 5.0, "tool_calls": 200})
+        g = srv.request("GET", "/v1/sessions/" + s["id"])
+        self.assertEqual(g.status, 200)
+        self.assertEqual(g.json, s)
+
+    def test_create_partial_budget(self):
+        s = srv.create_session(user="carol", budget={"tokens": 5})
+        self.assertEqual(s["budget"]["tokens"], 5)
+        for k in ("cost_usd", "tool_calls"):
+            self.assertIsNone(s["budget"].get(k))
+
+    def test_ids_unique_and_ordered(self):
+        ids = [srv.create_session(user="order")["id"] for _ in range(5)]
+        self.assertEqual(len(set(ids)), 5)
+        self.assertEqual(ids, sorted(ids))
+
+    def test_list_filters_and_paging(self):
+        user = "pager_user"
+        ids = [srv.create_session(user=user, agent="a%d" % i,
+                                  mandate=("mdt_x" if i % 2 else None))["id"]
+               for i in range(7)]
+        r = srv.request("GET", "/v1/sessions?user=" + user)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(set(r.json), {"sessions", "next_cursor"})
+        self.assertEqual([s["id"] for s in r.json["sessions"]], ids)
+        self.assertIsNone(r.json["next_cursor"])
+        for s in r.json["sessions"]:
+            check_session_shape(self, s)
+            self.assertEqual(s["user"], user)
+        # cursor walk with limit=3: 3 + 3 + 1, never repeats or skips
+        seen, cursor, pages = [], None, 0
+        while True:
+            path = "/v1/sessions?user=%s&limit=3" % user
+            if cursor:
+                path += "&cursor=" + q(cursor)
+            r = srv.request("GET", path)
+            self.assertEqual(r.status, 200, r.raw)
+            self.assertLessEqual(len(r.json["sessions"]), 3)
+            seen += [s["id"] for s in r.json["sessions"]]
+            pages += 1
+            cursor = r.json["next_cursor"]
+            if cursor is None:
+                break
+            self.assertIsInstance(cursor, str)
+            self.assertLess(pages, 10)
+        self.assertEqual(seen, ids)
+        self.assertEqual(pages, 3)
+        # mandate filter
+        r = srv.request("GET", "/v1/sessions?user=%s&mandate=mdt_x" % user)
+        self.assertEqual([s["id"] for s in r.json["sessions"]], ids[1::2])
+        # state filter
+        assert_status(srv.request("POST", "/v1/sessions/%s/pause" % ids[0]), 200)
+        r = srv.request("GET", "/v1/sessions?user=%s&state=paused" % user)
+        self.assertEqual([s["id"] for s in r.json["sessions"]], [ids[0]])
+        r = srv.request("GET", "/v1/sessions?user=%s&state=open" % user)
+        self.assertEqual([s["id"] for s in r.json["sessions"]], ids[1:])
+        # unknown user → empty page
+        r = srv.request("GET", "/v1/sessions?user=nobody_at_all")
+        self.assertEqual(r.json, {"sessions": [], "next_cursor": None})
+
+    def test_list_default_limit(self):
+        user = "many_user"
+        for i in range(55):
+            srv.create_session(user=user)
+        r = srv.request("GET", "/v1/sessions?user=" + user)
+        self.assertEqual(len(r.json["sessions"]), 50)
+        self.assertIsNotNone(r.json["next_cursor"])
+        r2 = srv.request("GET", "/v1/sessions?user=%s&cursor=%s"
+                         % (user, q(r.json["next_cursor"])))
+        self.assertEqual(len(r2.json["sessions"]), 5)
+        self.assertIsNone(r2.json["next_cursor"])
+        r3 = srv.request("GET", "/v1/sessions?user=%s&limit=1000" % user)
+        self.assertEqual(len(r3.json["sessions"]), 55)
+
+
+class Events(unittest.TestCase):
+    def test_append_single_and_batch(self):
+        s = srv.create_session(user="ev")
+        sid = s["id"]
+        r = srv.append(sid, {"kind": "message", "role": "user", "content": "hello",
+                             "usage": {"tokens": 10, "cost_usd": 0.25, "tool_calls": 1},
+                             "meta": {"trace": "t1"}})
+        self.assertEqual(r.status, 201, r.raw)
+        self.assertEqual(r.json, {"first_seq": 1, "last_seq": 1})
+        s1 = srv.get_session(sid)
+        self.assertEqual(s1["state"], "active")
+        self.assertEqual(s1["seq"], 1)
+        self.assertEqual(s1["created_at"], s["created_at"])
+        self.assertGreaterEqual(s1["updated_at"], s["updated_at"])
+
+        batch = {"events": [
+            {"kind": "tool_call", "content": {"name": "ls", "args": ["-l"]},
+             "usage": {"tokens": 5, "tool_calls": 2}},
+            {"kind": "tool_result", "role": "tool", "content": [1, 2, 3]},
+            {"kind": "state.v1-x", "content": None, "usage": {"cost_usd": 0.5}},
+        ], "expect_seq": 1}
+        r = srv.append(sid, batch)
+        self.assertEqual(r.status, 201, r.raw)
+        self.assertEqual(r.json, {"first_seq": 2, "last_seq": 4})
+
+        s2 = srv.get_session(sid)
+        self.assertEqual(s2["seq"], 4)
+        self.assertEqual(s2["usage"]["tokens"], 15)
+        self.assertEqual(s2["usage"]["tool_calls"], 3)
+        self.assertAlmostEqual(s2["usage"]["cost_usd"], 0.75)
+
+        r = srv.request("GET", "/v1/sessions/%s/events" % sid)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(set(r.json), {"events", "next_after"})
+        self.assertIsNone(r.json["next_after"])
+        ev = r.json["events"]
+        self.assertEqual([e["seq"] for e in ev], [1, 2, 3, 4])
+        sent = [{"kind": "message", "role": "user", "content": "hello",
+                 "usage": {"tokens": 10, "cost_usd": 0.25, "tool_calls": 1},
+                 "meta": {"trace": "t1"}}] + batch["events"]
+        for e, want in zip(ev, sent):
+            self.assertLessEqual(set(e), EVENT_FIELDS, e)
+            self.assertRegex(e["at"], TIME_RE)
+            for k, v in want.items():
+                self.assertIn(k, e)
+                self.assertEqual(e[k], v, "event %d field %s" % (e["seq"], k))
+            for k in set(EVENT_FIELDS) - set(want) - {"seq", "at"}:
+                self.assertIsNone(e.get(k), "event %d has unsent %s" % (e["seq"], k))
+
+    def test_append_expect_seq_zero_on_open(self):
+        s = srv.create_session(user="ev0")
+        r = srv.append(s["id"], {"kind": "message", "expect_seq": 0})
+        self.assertEqual(r.status, 201, r.raw)
+        self.assertEqual(r.json, {"first_seq": 1, "last_seq": 1})
+        r = srv.append(s["id"], {"kind": "message", "expect_seq": 0})
+        harness.assert_error(r, 409, "seq_conflict", field="expect_seq")
+
+    def test_paging(self):
+        sid = srv.create_session(user="pg")["id"]
+        r = srv.append(sid, {"events": [{"kind": "n", "content": i} for i in range(1, 26)]})
+        self.assertEqual(r.json, {"first_seq": 1, "last_seq": 25})
+        r = srv.request("GET", "/v1/sessions/%s/events?limit=10" % sid)
+        self.assertEqual([e["seq"] for e in r.json["events"]], list(range(1, 11)))
+        self.assertEqual(r.json["next_after"], 10)
+        r = srv.request("GET", "/v1/sessions/%s/events?after=10&limit=10" % sid)
+        self.assertEqual([e["seq"] for e in r.json["events"]], list(range(11, 21)))
+        self.assertEqual(r.json["next_after"], 20)
+        r = srv.request("GET", "/v1/sessions/%s/events?after=20&limit=10" % sid)
+        self.assertEqual([e["seq"] for e in r.json["events"]], list(range(21, 26)))
+        self.assertIsNone(r.json["next_after"])
+        self.assertEqual([e["content"] for e in r.json["events"]], list(range(21, 26)))
+        # exactly at the end: the page is full and nothing follows
+        r = srv.request("GET", "/v1/sessions/%s/events?after=15&limit=10" % sid)
+        self.assertEqual([e["seq"] for e in r.json["events"]], list(range(16, 26)))
+        self.assertIsNone(r.json["next_after"])
+        r = srv.request("GET", "/v1/sessions/%s/events?after=25" % sid)
+        self.assertEqual(r.json, {"events": [], "next_after": None})
+        r = srv.request("GET", "/v1/sessions/%s/events?after=1000" % sid)
+        self.assertEqual(r.json, {"events": [], "next_after": None})
+        r = srv.request("GET", "/v1/sessions/%s/events?limit=1" % sid)
+        self.assertEqual([e["seq"] for e in r.json["events"]], [1])
+        self.assertEqual(r.json["next_after"], 1)
+
+    def test_default_limit_100(self):
+        sid = srv.create_session(user="pg100")["id"]
+        r = srv.append(sid, {"events": [{"kind": "n"} for _ in range(150)]})
+        self.assertEqual(r.json, {"first_seq": 1, "last_seq": 150})
+        r = srv.request("GET", "/v1/sessions/%s/events" % sid)
+        self.assertEqual(len(r.json["events"]), 100)
+        self.assertEqual(r.json["next_after"], 100)
+        r = srv.request("GET", "/v1/sessions/%s/events?limit=1000" % sid)
+        self.assertEqual(len(r.json["events"]), 150)
+        self.assertIsNone(r.json["next_after"])
+
+    def test_batch_of_1000(self):
+        sid = srv.create_session(user="b1000")["id"]
+        r = srv.append(sid, {"events": [{"kind": "k", "content": i} for i in range(1000)]})
+        self.assertEqual(r.status, 201, r.raw[:300])
+        self.assertEqual(r.json, {"first_seq": 1, "last_seq": 1000})
+        self.assertEqual(srv.get_session(sid)["seq"], 1000)
+
+
+class Facts(unittest.TestCase):
+    ODD_KEYS = [
+        "plain",
+        "with space",
+        "a/b/c",                  # sent as a%2Fb%2Fc
+        "ключ ✓ 鍵",               # unicode
+        "..",                     # sent as %2E%2E: never a path
+        "../../etc/passwd",
+        "a..b",
+        "100%",
+        "q?x=1&y=2#frag",
+        "a+b",
+        "k" * 256,                # the longest key allowed
+        "'\";--",
+    ]
+
+    def test_put_get_list_delete(self):
+        s = srv.create_session(user="facts")
+        sid = s["id"]
+        r = srv.request("PUT", "/v1/sessions/%s/facts/goal" % sid, {"value": {"x": [1, "two"]}})
+        self.assertEqual(r.status, 200, r.raw)
+        self.assertEqual(set(r.json), {"key", "value", "updated_at"})
+        self.assertEqual(r.json["key"], "goal")
+        self.assertEqual(r.json["value"], {"x": [1, "two"]})
+        self.assertRegex(r.json["updated_at"], TIME_RE)
+        g = srv.request("GET", "/v1/sessions/%s/facts/goal" % sid)
+        self.assertEqual(g.status, 200)
+        self.assertEqual(g.json, r.json)
+        # overwrite
+        r = srv.request("PUT", "/v1/sessions/%s/facts/goal" % sid, {"value": "new"})
+        self.assertEqual(r.json["value"], "new")
+        self.assertEqual(srv.request("GET", "/v1/sessions/%s/facts/goal" % sid).json["value"],
+                         "new")
+        # every JSON type as a value, null included
+        for i, v in enumerate([None, True, 0, -1.5, "", [], {}, {"a": {"b": None}}]):
+            r = srv.request("PUT", "/v1/sessions/%s/facts/t%d" % (sid, i), {"value": v})
+            self.assertEqual(r.status, 200, r.raw)
+            self.assertEqual(r.json["value"], v)
+        facts = srv.facts(sid)
+        self.assertEqual(facts["goal"], "new")
+        self.assertEqual(len(facts), 9)
+        self.assertIn("t0", facts)
+        self.assertIsNone(facts["t0"])
+        # delete
+        r = srv.request("DELETE", "/v1/sessions/%s/facts/goal" % sid)
+        self.assertEqual(r.status, 200, r.raw)
+        self.assertEqual(r.json, {"key": "goal", "deleted": True})
+        harness.assert_error(srv.request("GET", "/v1/sessions/%s/facts/goal" % sid),
+                             404, "not_found")
+        harness.assert_error(srv.request("DELETE", "/v1/sessions/%s/facts/goal" % sid),
+                             404, "not_found")
+        self.assertNotIn("goal", srv.facts(sid))
+        # facts do not touch the event log or seq
+        self.assertEqual(srv.get_session(sid)["seq"], 0)
+        self.assertEqual(srv.all_events(sid), [])
+
+    def test_empty_facts(self):
+        sid = srv.create_session(user="nofacts")["id"]
+        r = srv.request("GET", "/v1/sessions/%s/facts" % sid)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json, {"facts": {}})
+        harness.assert_error(srv.request("GET", "/v1/sessions/%s/facts/none" % sid),
+                             404, "not_found")
+
+    def test_odd_keys(self):
+        sid = srv.create_session(user="oddkeys")["id"]
+        for i, k in enumerate(self.ODD_KEYS):
+            enc = q(k)
+            if k == "..":
+                enc = "%2E%2E"
+            path = "/v1/sessions/%s/facts/%s" % (sid, enc)
+            r = srv.request("PUT", path, {"value": i})
+            self.assertEqual(r.status, 200, "PUT %r: %r" % (k, r.raw))
+            self.assertEqual(r.json["key"], k)
+            g = srv.request("GET", path)
+            self.assertEqual(g.status, 200, "GET %r: %r" % (k, g.raw))
+            self.assertEqual(g.json["key"], k)
+            self.assertEqual(g.json["value"], i)
+        facts = srv.facts(sid)
+        self.assertEqual(facts, {k: i for i, k in enumerate(self.ODD_KEYS)})
+        # lower-case percent-encoding decodes to the same key
+        r = srv.request("GET", "/v1/sessions/%s/facts/a%%2fb%%2fc" % sid)
+        self.assertEqual(r.status, 200, r.raw)
+        self.assertEqual(r.json["key"], "a/b/c")
+        # '+' is not a space in a path
+        r = srv.request("PUT", "/v1/sessions/%s/facts/x+y" % sid, {"value": 1})
+        self.assertEqual(r.status, 200, r.raw)
+        self.assertEqual(r.json["key"], "x+y")
+        # delete an odd key
+        r = srv.request("DELETE", "/v1/sessions/%s/facts/%s" % (sid, q("with space")))
+        self.assertEqual(r.json, {"key": "with space", "deleted": True})
+        self.assertNotIn("with space", srv.facts(sid))
+        # the data dir holds no file named after a key
+        for root, dirs, files in os.walk(srv.dir):
+            for name in dirs + files:
+                self.assertNotIn(name, ("passwd", "plain", "a..b"))
+
+
+class Lifecycle(unittest.TestCase):
+    def test_calls(self):
+        sid = srv.create_session(user="lc")["id"]
+        assert_status(srv.append(sid, {"kind": "message"}), 201)
+        r = srv.request("POST", "/v1/sessions/%s/pause" % sid, {"reason": "lunch"})
+        self.assertEqual(r.status, 200, r.raw)
+        check_session_shape(self, r.json)
+        self.assertEqual(r.json["state"], "paused")
+        self.assertEqual(r.json["seq"], 2)
+        r = srv.request("POST", "/v1/sessions/%s/resume" % sid)          # no body
+        self.assertEqual(r.status, 200, r.raw)
+        self.assertEqual(r.json["state"], "active")
+        r = srv.request("POST", "/v1/sessions/%s/close" % sid, {})      # empty object
+        self.assertEqual(r.status, 200, r.raw)
+        self.assertEqual(r.json["state"], "closed")
+        r = srv.request("POST", "/v1/sessions/%s/archive" % sid, {"reason": "old"})
+        self.assertEqual(r.status, 200, r.raw)
+        self.assertEqual(r.json["state"], "archived")
+        self.assertEqual(r.json["seq"], 5)
+        self.assertEqual(r.json, srv.get_session(sid))
+        ev = srv.all_events(sid)
+        self.assertEqual([e["seq"] for e in ev], [1, 2, 3, 4, 5])
+        lc = [e for e in ev if e["kind"] == "lifecycle"]
+        self.assertEqual([(e["content"]["from"], e["content"]["to"]) for e in lc],
+                         [("active", "paused"), ("paused", "active"), ("active", "closed"),
+                          ("closed", "archived")])
+        self.assertEqual(lc[0]["content"].get("reason"), "lunch")
+        self.assertEqual(lc[3]["content"].get("reason"), "old")
+
+
+class CompactAndBundle(unittest.TestCase):
+    def test_compact_and_bundle(self):
+        sid = srv.create_session(user="cb")["id"]
+        assert_status(srv.request("PUT", "/v1/sessions/%s/facts/f" % sid, {"value": 1}), 200)
+        r = srv.append(sid, {"events": [{"kind": "m", "content": i} for i in range(1, 11)]})
+        self.assertEqual(r.json, {"first_seq": 1, "last_seq": 10})
+        b = srv.request("GET", "/v1/sessions/%s/bundle" % sid)
+        self.assertEqual(b.status, 200, b.raw)
+        self.assertEqual(set(b.json), {"session", "facts", "summary", "events", "next_after"})
+        self.assertIsNone(b.json["summary"])
+        self.assertEqual([e["seq"] for e in b.json["events"]], list(range(1, 11)))
+        self.assertIsNone(b.json["next_after"])
+        self.assertEqual(b.json["facts"], {"f": 1})
+        r = srv.request("POST", "/v1/sessions/%s/compact" % sid,
+                        {"through_seq": 6, "summary": "six things happened"})
+        self.assertEqual(r.status, 200, r.raw)
+        self.assertEqual(r.json, {"summary_seq": 6, "archived": 6})
+        s = srv.get_session(sid)
+        self.assertEqual(s["summary_seq"], 6)
+        self.assertEqual(s["seq"], 10)
+        b = srv.request("GET", "/v1/sessions/%s/bundle" % sid).json
+        self.assertEqual(b["session"], s)
+        self.assertEqual(b["summary"]["kind"], "summary")
+        self.assertEqual(b["summary"]["seq"], 6)
+        self.assertEqual(b["summary"]["content"], "six things happened")
+        self.assertEqual([e["seq"] for e in b["events"]], [7, 8, 9, 10])
+        self.assertIsNone(b["next_after"])
+        b = srv.request("GET", "/v1/sessions/%s/bundle?limit=3" % sid).json
+        self.assertEqual([e["seq"] for e in b["events"]], [7, 8, 9])
+        self.assertEqual(b["next_after"], 9)
+        live = srv.all_events(sid)
+        self.assertEqual([(e["seq"], e["kind"]) for e in live],
+                         [(6, "summary"), (7, "m"), (8, "m"), (9, "m"), (10, "m")])
+        full = srv.all_events(sid, archived=True)
+        self.assertEqual([e["seq"] for e in full], list(range(1, 11)))
+        self.assertEqual([e["content"] for e in full], list(range(1, 11)))
+
+
+if __name__ == "__main__":
+    harness.main()
