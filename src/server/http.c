@@ -90,6 +90,9 @@ static void send_text(call *c, int status, const char *type, const char *body, s
     req->res.reason = reason_phrase(status);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, type,
                    strlen(type));
+    /* h2o_send_inline leaves the length unset, which costs the connection its
+     * keep-alive; it is known here. */
+    req->res.content_length = len;
     h2o_send_inline(req, body, len);
     ch__metrics_observe(c->route, status, ch_mono_ns() - c->t0);
 }

@@ -113,10 +113,30 @@ static void on_accept(h2o_socket_t *listener, const char *err)
     }
 }
 
+/* Builds this thread's loop, context, completion queue and listener handle. This must
+ * run on the loop's own thread: h2o sockets take their buffers from per-thread
+ * (__thread) allocators of the thread that creates them. */
+static void loop_setup(ch_server_thread *t)
+{
+    ch_server *s = &ch__server;
+    t->loop = h2o_evloop_create();
+    h2o_context_init(&t->ctx, t->loop, &s->h2o);
+    t->accept_ctx.ctx = &t->ctx;
+    t->accept_ctx.hosts = s->h2o.hosts;
+    t->queue = h2o_multithread_create_queue(t->loop);
+    h2o_multithread_register_receiver(t->queue, &t->completions, ch__http_on_completions);
+    /* Each loop watches the shared listening socket through its own descriptor. */
+    int fd = t->index == 0 ? s->listen_fd : dup(s->listen_fd);
+    t->listener = h2o_evloop_socket_create(t->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+    t->listener->data = t;
+    h2o_socket_read_start(t->listener, on_accept);
+    ch__http_set_thread(t);
+}
+
 static void *loop_main(void *arg)
 {
     ch_server_thread *t = arg;
-    ch__http_set_thread(t);
+    loop_setup(t);
     while (!ch__server.exiting) {
         if (ch__server.stopping && !t->shutdown_started) {
             t->shutdown_started = true;
@@ -136,21 +156,7 @@ static int start_threads(ch_server *s)
     if (s->threads == NULL)
         return -1;
     for (int i = 0; i < s->nthreads; i++) {
-        ch_server_thread *t = &s->threads[i];
-        t->index = i;
-        t->loop = h2o_evloop_create();
-        h2o_context_init(&t->ctx, t->loop, &s->h2o);
-        t->accept_ctx.ctx = &t->ctx;
-        t->accept_ctx.hosts = s->h2o.hosts;
-        t->queue = h2o_multithread_create_queue(t->loop);
-        h2o_multithread_register_receiver(t->queue, &t->completions, ch__http_on_completions);
-        /* Each loop watches the shared listening socket through its own handle. */
-        int fd = i == 0 ? s->listen_fd : dup(s->listen_fd);
-        t->listener = h2o_evloop_socket_create(t->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
-        t->listener->data = t;
-        h2o_socket_read_start(t->listener, on_accept);
-    }
-    for (int i = 0; i < s->nthreads; i++) {
+        s->threads[i].index = i;
         if (pthread_create(&s->threads[i].tid, NULL, loop_main, &s->threads[i]) != 0)
             return -1;
     }

@@ -14,7 +14,7 @@ import harness  # noqa: E402
 from harness import KEY_RE, assert_error, assert_status  # noqa: E402
 
 srv = None
-UNKNOWN_ID = "sess_01JD3V6Y7C8X9Q2W5E4R3T2Y1U"
+UNKNOWN_ID = "sess_01JD3V6Y7C8X9Q2W5E4R3T2Y1A"
 
 
 def setUpModule():

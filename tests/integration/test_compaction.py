@@ -191,9 +191,14 @@ class Bundle(unittest.TestCase):
         self.assertEqual(b["next_after"], 31)
         b = srv.request("GET", "/v1/sessions/%s/bundle?limit=10000" % sid).json
         self.assertEqual(len(b["events"]), 20)
+
+    def test_bundle_bad_limit(self):
+        """A limit outside 1-10000 is a bad query parameter: 400 bad_request."""
+        sid = fifty()
         for bad in ("0", "10001", "abc", "-1", "1.5"):
-            assert_error(srv.request("GET", "/v1/sessions/%s/bundle?limit=%s" % (sid, bad)),
-                         400, "bad_request")
+            with self.subTest(limit=bad):
+                assert_error(srv.request("GET", "/v1/sessions/%s/bundle?limit=%s"
+                                         % (sid, bad)), 400, "bad_request")
 
     def test_bundle_without_compaction(self):
         sid = srv.create_session(user="bundle_plain")["id"]
@@ -202,8 +207,10 @@ class Bundle(unittest.TestCase):
         self.assertIsNone(b["summary"])
         self.assertEqual(b["events"], [])
         self.assertIsNone(b["next_after"])
-        r = srv.append(sid, {"events": [{"kind": "m", "content": i} for i in range(1200)]})
-        self.assertEqual(r.status, 201)
+        r = srv.append(sid, {"events": [{"kind": "m", "content": i} for i in range(1000)]})
+        self.assertEqual(r.status, 201, r.raw[:300])
+        r = srv.append(sid, {"events": [{"kind": "m", "content": i} for i in range(200)]})
+        self.assertEqual(r.status, 201, r.raw[:300])
         b = srv.request("GET", "/v1/sessions/%s/bundle" % sid).json
         self.assertIsNone(b["summary"])
         self.assertEqual([e["seq"] for e in b["events"]], list(range(1, 1001)))  # default 1000

@@ -14,7 +14,7 @@ from harness import assert_error, assert_error_shape, assert_status, q  # noqa: 
 
 srv = None
 SID = None          # the session every refused request aims at
-UNKNOWN_ID = "sess_01JD3V6Y7C8X9Q2W5E4R3T2Y1U"
+UNKNOWN_ID = "sess_01JD3V6Y7C8X9Q2W5E4R3T2Y1A"
 MAX_BODY = 1 << 20
 
 
@@ -151,7 +151,7 @@ class Corpus(unittest.TestCase):
             ("POST", P, w(user=DROP), 400, "missing_field", "user"),
             ("POST", P, w(agent=DROP), 400, "missing_field", "agent"),
             ("POST", P, w(usr="u"), 400, "unknown_field", "usr"),
-            ("POST", P, w(id="sess_01JD3V6Y7C8X9Q2W5E4R3T2Y1U"), 400, "unknown_field", "id"),
+            ("POST", P, w(id="sess_01JD3V6Y7C8X9Q2W5E4R3T2Y1A"), 400, "unknown_field", "id"),
             ("POST", P, w(state="active"), 400, "unknown_field", "state"),
             ("POST", P, w(seq=5), 400, "unknown_field", "seq"),
             ("POST", P, w(usage={"tokens": 1}), 400, "unknown_field", "usage"),

@@ -37,7 +37,8 @@ class HealthAndMetrics(unittest.TestCase):
         self.assertTrue(r.headers.get("content-type", "").startswith("text/plain"),
                         r.headers.get("content-type"))
         text = r.raw.decode("utf-8")
-        sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)( \d+)?$')
+        sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)'
+                            r'(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})? (\S+)( \d+)?$')
         names = set()
         for line in text.splitlines():
             if not line or line.startswith("#"):
@@ -51,7 +52,7 @@ class HealthAndMetrics(unittest.TestCase):
         for hist in ("charter_commit_batch_size", "charter_commit_seconds"):
             for suffix in ("_bucket", "_sum", "_count"):
                 self.assertIn(hist + suffix, names, "metrics lack %s%s" % (hist, suffix))
-        self.assertRegex(text, r'charter_commit_batch_size_bucket\{[^}]*le="\+Inf"[^}]*\} ')
+        self.assertRegex(text, r'charter_commit_batch_size_bucket\{.*le="\+Inf".*\} ')
 
         def total(txt, name):
             t = 0.0
