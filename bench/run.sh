@@ -45,6 +45,7 @@ TMP=""
 FAILED=0
 ERRORS=()
 ROWS=()
+LOAD_BEFORE="-"
 
 die() {
 	echo "bench: error: $*" >&2
@@ -192,11 +193,23 @@ EOF
 	log "nginx pid $NGINX_PID on 127.0.0.1:$NGINX_PORT"
 }
 
+# run_child OUT CMD...: runs CMD with its output in OUT, as a background child that
+# the trap can stop (a foreground child would delay the trap until it exits).
+run_child() {
+	local out=$1 pid rc=0
+	shift
+	"$@" >"$out" 2>&1 &
+	pid=$!
+	PIDS+=("$pid")
+	wait "$pid" || rc=$?
+	return "$rc"
+}
+
 # run_wrk OUT ARGS...: runs wrk, keeps its output in OUT, fails without a RESULT line.
 run_wrk() {
 	local out=$1
 	shift
-	if ! wrk "$@" >"$out" 2>&1; then
+	if ! run_child "$out" wrk "$@"; then
 		cat "$out" >&2
 		die "wrk failed: wrk $*"
 	fi
@@ -224,7 +237,7 @@ thousands() {
 		print s out }'
 }
 
-# met VALUE OP TARGET: "yes" or "no".
+# met VALUE OP TARGET: "yes" or "NO".
 met() {
 	awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN {
 		ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 <= t + 0); print ok ? "yes" : "NO" }'
@@ -240,7 +253,7 @@ print_table() {
 	echo
 	echo "charter benchmarks — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(uname -r)," \
 		"commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '-')," \
-		"BENCH_DURATION=${DURATION}s"
+		"BENCH_DURATION=${DURATION}s, load average before the run: $LOAD_BEFORE"
 	echo
 	# shellcheck disable=SC2059
 	printf "$fmt" "benchmark" "charter" "baseline" "ratio" "target" "met"
@@ -268,12 +281,14 @@ bench_baseline() {
 	local out=$TMP/baseline.out
 	mkdir -p "$TMP/baseline"
 	log "baseline: sqlite one-transaction-per-event, $SESSIONS threads, ${DURATION}s"
-	"$BASELINE" -d "$TMP/baseline/events.db" -t "$SESSIONS" -s "$DURATION" >"$out" ||
+	if ! run_child "$out" "$BASELINE" -d "$TMP/baseline/events.db" -t "$SESSIONS" -s "$DURATION"; then
+		cat "$out" >&2
 		die "bench_sqlite_per_item failed"
+	fi
 	BASE_EPS=$(field "$out" events_per_sec)
 	BASE_P50=$(field "$out" p50_ms)
 	BASE_P99=$(field "$out" p99_ms)
-	BASELINE_NOTE="sqlite/item detail: $(cat "$out")"
+	BASELINE_NOTE="sqlite/item detail: $(grep '^events=' "$out")"
 	rm -rf "$TMP/baseline"
 }
 
@@ -281,7 +296,7 @@ bench_baseline() {
 # bench_appends PER_REQUEST: wrk POSTs round-robin over the sessions; sets APP_EPS,
 # APP_P50, APP_P99 (ms).
 bench_appends() {
-	local per=$1 out=$TMP/wrk-append-$1.out ok other n201 secs
+	local per=$1 out=$TMP/wrk-append-$1.out sockerr other n201 secs
 	log "charter: appends of $per event(s) per request, -t2 -c$CONNS, ${DURATION}s"
 	run_wrk "$out" -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s \
 		-s "$BENCH/wrk_append.lua" "http://127.0.0.1:$CH_PORT" -- \
@@ -291,11 +306,12 @@ bench_appends() {
 	other=$(field "$out" other_status)
 	secs=$(field "$out" seconds)
 	if [ "$other" != 0 ]; then
-		problem "appends x$per: $other responses were not 201 ($(field "$out" status_detail))"
+		problem "appends x$per: $other responses were not 201 ($(field "$out" status_detail));" \
+			"first: $(sed -n 's/^FIRST_ERROR //p' "$out")"
 	fi
-	ok=$(field "$out" socket_errors)
-	if [ "$ok" != 0 ]; then
-		problem "appends x$per: $ok socket errors (connect/read/write/timeout)"
+	sockerr=$(field "$out" socket_errors)
+	if [ "$sockerr" != 0 ]; then
+		problem "appends x$per: $sockerr socket errors (connect/read/write/timeout)"
 	fi
 	[ "$n201" -gt 0 ] || die "appends x$per: no 201 responses at all; see $out"
 	APP_EPS=$(calc "%.0f" "$n201 * $per / $secs")
@@ -365,8 +381,15 @@ main() {
 	mkdir -p "$ROOT/.bench"
 	TMP=$(mktemp -d "$ROOT/.bench/run.XXXXXX")
 	trap cleanup EXIT
-	trap 'exit 130' INT TERM
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
 	log "temp dir $TMP"
+	# Everything here shares the cores with whatever else runs on the machine.
+	LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+	if awk -v l="${LOAD_BEFORE%% *}" 'BEGIN { exit !(l >= 0.5) }'; then
+		log "warning: load average is $LOAD_BEFORE before starting; other processes" \
+			"compete for the cores and the disk, numbers will be noisy"
+	fi
 
 	bench_baseline
 

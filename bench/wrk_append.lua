@@ -13,6 +13,8 @@
 -- done() prints one line that run.sh parses:
 --   RESULT requests=R seconds=S status_201=A other_status=O status_detail=... \
 --          socket_errors=E p50_us=X p99_us=Y
+-- and, when some response was not a 201, the first one seen:
+--   FIRST_ERROR <status> <start of the body>
 
 local EVENT = '{"kind":"message","role":"user",'
     .. '"content":"hello world, this is one user message appended by the benchmark"}'
@@ -78,17 +80,24 @@ function request()
     return requests[cursor]
 end
 
+-- The first unexpected response of each thread, kept to show what went wrong.
+first_error = nil
+
 function response(status, headers, body)
     statuses[status] = (statuses[status] or 0) + 1
+    if status ~= 201 and not first_error then
+        first_error = status .. " " .. (body or ""):sub(1, 300):gsub("%s+", " ")
+    end
 end
 
 function done(summary, latency, requests_)
-    local totals = {}
+    local totals, first = {}, nil
     for _, thread in ipairs(threads) do
         local st = thread:get("statuses")
         for status, n in pairs(st) do
             totals[status] = (totals[status] or 0) + n
         end
+        first = first or thread:get("first_error")
     end
     local ok, other, detail = totals[201] or 0, 0, {}
     for status, n in pairs(totals) do
@@ -105,4 +114,7 @@ function done(summary, latency, requests_)
         #detail > 0 and table.concat(detail, ",") or "-",
         e.connect + e.read + e.write + e.timeout,
         latency:percentile(50), latency:percentile(99)))
+    if first then
+        io.write("FIRST_ERROR " .. first .. "\n")
+    end
 end

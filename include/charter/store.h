@@ -8,7 +8,11 @@
  * of reader connections (each used by one thread at a time).
  *
  * Contract every backend keeps (tests/unit/test_store.c checks it for each one):
- * - commit() returns only after the transaction is durable (fsynced);
+ * - commit() makes a transaction visible; sync() makes every transaction committed
+ *   before it was called durable (fsynced). libcharter acknowledges a write only
+ *   after a sync() that began after its commit returned. sync() may run on another
+ *   thread while the writer commits the next transaction on the same connection,
+ *   which is what lets fsync overlap with the next batch's work;
  * - a reader sees every transaction committed before its read began;
  * - savepoint()/release(keep=false) undo exactly the work since the savepoint, so one
  *   failing request in a batch never affects the others;
@@ -110,9 +114,11 @@ struct ch_store_methods {
     ch_status (*open)(const char *data_dir, bool writer, ch_store **out, ch_err *e);
     void (*close)(ch_store *st);
 
-    /* Write transactions (writer connection only). commit() is durable on return. */
+    /* Write transactions (writer connection only). See the contract above for how
+     * commit() and sync() divide visibility and durability. */
     ch_status (*begin)(ch_store *st);
     ch_status (*commit)(ch_store *st);
+    ch_status (*sync)(ch_store *st);
     ch_status (*rollback)(ch_store *st);
     ch_status (*savepoint)(ch_store *st);
     /* Ends the innermost savepoint, keeping its work or undoing it. */

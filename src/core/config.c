@@ -103,17 +103,23 @@ ch_status ch_config_set(ch_config *c, const char *key, const char *value, ch_err
         *(int *)p = (int)n;
         return CH_OK;
     }
-    case K_SIZE:
-        if (ch_size_parse(value, (uint64_t *)p) != CH_OK || *(uint64_t *)p == 0)
+    case K_SIZE: {
+        uint64_t n;
+        if (ch_size_parse(value, &n) != CH_OK || n == 0)
             return ch_err_set(e, CH_CONFIG, key, "%s: expected a size like 1MiB, got '%s'", key,
                               value);
+        *(uint64_t *)p = n;
         return CH_OK;
-    case K_DURATION:
-        if (ch_duration_parse(value, (int64_t *)p) != CH_OK)
+    }
+    case K_DURATION: {
+        int64_t ms;
+        if (ch_duration_parse(value, &ms) != CH_OK)
             return ch_err_set(e, CH_CONFIG, key,
                               "%s: expected a duration like 500ms, 30s, 5m, 24h, 7d; got '%s'", key,
                               value);
+        *(int64_t *)p = ms;
         return CH_OK;
+    }
     case K_LOG_LEVEL:
         if (ch_log_level_parse(value, (ch_log_level *)p) != CH_OK)
             return ch_err_set(e, CH_CONFIG, key, "%s: expected debug, info, warn or error", key);
@@ -124,8 +130,11 @@ ch_status ch_config_set(ch_config *c, const char *key, const char *value, ch_err
 
 /* Walks a YAML mapping, joining nested keys with '.', and sets each scalar leaf. */
 static ch_status apply_node(ch_config *c, yaml_document_t *doc, yaml_node_t *node,
-                            const char *prefix, ch_err *e)
+                            const char *prefix, int depth, ch_err *e)
 {
+    /* Every key is at most three levels deep; the cap also stops alias cycles. */
+    if (depth > 4)
+        return ch_err_set(e, CH_CONFIG, prefix, "%s: nested too deeply", prefix);
     if (node->type != YAML_MAPPING_NODE)
         return ch_err_set(e, CH_CONFIG, prefix, "%s: expected a mapping",
                           prefix[0] ? prefix : "top level");
@@ -140,7 +149,7 @@ static ch_status apply_node(ch_config *c, yaml_document_t *doc, yaml_node_t *nod
                  (const char *)kn->data.scalar.value);
         ch_status st;
         if (vn->type == YAML_MAPPING_NODE) {
-            st = apply_node(c, doc, vn, name, e);
+            st = apply_node(c, doc, vn, name, depth + 1, e);
         } else if (vn->type == YAML_SCALAR_NODE) {
             st = ch_config_set(c, name, (const char *)vn->data.scalar.value, e);
         } else {
@@ -175,11 +184,11 @@ ch_status ch_config_load_file(ch_config *c, const char *path, ch_err *e)
     yaml_node_t *root = yaml_document_get_root_node(&doc);
     /* An empty file is a valid, empty configuration. */
     if (root != NULL && !(root->type == YAML_SCALAR_NODE && root->data.scalar.length == 0)) {
-        st = apply_node(c, &doc, root, "", e);
+        st = apply_node(c, &doc, root, "", 0, e);
         if (st != CH_OK) {
             char msg[sizeof(e->message)];
             snprintf(msg, sizeof(msg), "%s", e->message);
-            snprintf(e->message, sizeof(e->message), "%.40s: %.200s", path, msg);
+            snprintf(e->message, sizeof(e->message), "%.100s: %.150s", path, msg);
         }
     }
     yaml_document_delete(&doc);
@@ -204,7 +213,7 @@ ch_status ch_config_load_env(ch_config *c, ch_err *e)
         if (st != CH_OK) {
             char msg[sizeof(e->message)];
             snprintf(msg, sizeof(msg), "%s", e->message);
-            snprintf(e->message, sizeof(e->message), "%.40s: %.200s", var, msg);
+            snprintf(e->message, sizeof(e->message), "%.100s: %.150s", var, msg);
             return st;
         }
     }

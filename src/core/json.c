@@ -72,7 +72,7 @@ json_t *ch_json_parse_object(const char *buf, size_t len, ch_err *e)
     /* jansson rejects invalid UTF-8 and NUL bytes in strings; duplicate keys are
      * refused too, since two values for one field make the request ambiguous. jansson
      * limits nesting to 2048 on its own; the 64-level rule is checked after. */
-    v = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+    v = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (v == NULL) {
         ch_err_set(e, CH_BAD_JSON, NULL, "invalid JSON at line %d column %d: %s", jerr.line,
                    jerr.column, jerr.text);

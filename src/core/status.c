@@ -33,6 +33,32 @@ const char *ch_strerror(ch_status st)
     return status_messages[st];
 }
 
+/* Cuts s back to a whole UTF-8 sequence and replaces any invalid byte by '?', so an
+ * error message built from client input (a field name, a parser excerpt) can always
+ * be sent as JSON. */
+static void utf8_sanitize(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3
+                                 : (*p & 0xF8) == 0xF0 ? 4 : 0;
+        int ok = n > 0;
+        for (int i = 1; ok && i < n; i++)
+            ok = (p[i] & 0xC0) == 0x80;
+        if (n == 2 && ok)
+            ok = *p >= 0xC2;
+        if (!ok) {
+            if (n > 1 && p[1] == '\0') {
+                *p = '\0'; /* a sequence cut short by truncation */
+                return;
+            }
+            *p++ = '?';
+            continue;
+        }
+        p += n;
+    }
+}
+
 void ch_err_clear(ch_err *e)
 {
     e->status = CH_OK;
@@ -56,5 +82,7 @@ ch_status ch_err_set(ch_err *e, ch_status st, const char *field, const char *fmt
         vsnprintf(e->message, sizeof(e->message), fmt, ap);
         va_end(ap);
     }
+    utf8_sanitize(e->message);
+    utf8_sanitize(e->field);
     return st;
 }

@@ -239,8 +239,8 @@ static int hexval(char ch)
     return -1;
 }
 
-/* Percent-decodes src[0..n) into out (NUL-terminated). Returns the decoded length, or
- * -1 on a malformed escape, an encoded NUL, or when it does not fit. */
+/* Percent-decodes src[0..n) into out (NUL-terminated). Returns the decoded length, -1
+ * on a malformed escape or an encoded NUL, -2 when it does not fit. */
 static ssize_t pct_decode(const char *src, size_t n, char *out, size_t cap, bool plus_space)
 {
     size_t o = 0;
@@ -261,7 +261,7 @@ static ssize_t pct_decode(const char *src, size_t n, char *out, size_t cap, bool
             ch = ' ';
         }
         if (o + 1 >= cap)
-            return -1;
+            return -2;
         out[o++] = ch;
     }
     out[o] = '\0';
@@ -622,8 +622,13 @@ static void route_sessions(call *c, const char *tenant, h2o_iovec_t *seg, int n)
     }
     if (n == 5 && seg_is(seg[3], "facts")) {
         char key[512];
-        if (pct_decode(seg[4].base, seg[4].len, key, sizeof(key), false) < 0) {
-            fail(c, CH_INVALID_VALUE, "key", "fact keys must be 1 to 256 bytes, percent-encoded");
+        ssize_t klen = pct_decode(seg[4].base, seg[4].len, key, sizeof(key), false);
+        if (klen == -1) {
+            fail(c, CH_BAD_REQUEST, "key", "malformed percent-encoding in the fact key");
+            return;
+        }
+        if (klen < 0) {
+            fail(c, CH_INVALID_VALUE, "key", "fact keys must be 1 to 256 bytes");
             return;
         }
         if (method_is(req, "GET")) {

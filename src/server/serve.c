@@ -276,9 +276,11 @@ int ch__serve_main(int argc, char **argv)
         return 1;
     }
     h2o_config_init(&s->h2o);
-    /* h2o answers bodies beyond its own limit with a plain 413; ours, with the JSON
-     * error, covers everything up to four times max_body. */
-    s->h2o.max_request_entity_size = (size_t)s->cfg.max_body * 4 + 65536;
+    /* h2o refuses bodies beyond its own limit itself, with a plain-text 413, before any
+     * handler runs. Its limit is set well above max_body so that charter answers
+     * (with the JSON error) every body up to 16 MiB or 16 × max_body. */
+    uint64_t h2o_limit = s->cfg.max_body * 16;
+    s->h2o.max_request_entity_size = (size_t)(h2o_limit < (16u << 20) ? (16u << 20) : h2o_limit);
     ch__http_register(&s->h2o);
     if (start_threads(s) != 0) {
         ch_log(CH_LOG_ERROR, "cannot start the event loops", NULL);

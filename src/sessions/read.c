@@ -27,6 +27,12 @@ json_t *ch__session_to_json(const ch_session_rec *s)
                      (json_int_t)s->summary_seq, "created_at", created, "updated_at", updated);
 }
 
+/* The read functions accept e == NULL; they then report into a local ch_err. */
+#define LOCAL_ERR(e)                                                                       \
+    ch_err local_err_;                                                                     \
+    if ((e) == NULL)                                                                       \
+    (e) = &local_err_
+
 /* Borrows a reader and loads the session (tenant-scoped) into s. */
 static ch_store *open_session(ch_db *db, const char *tenant, const char *id, ch_session_rec *s,
                               ch_err *e)
@@ -61,6 +67,7 @@ static void close_session(ch_db *db, ch_store *r, ch_session_rec *s)
 
 ch_status ch_session_get(ch_db *db, const char *tenant, const char *id, json_t **out, ch_err *e)
 {
+    LOCAL_ERR(e);
     ch_session_rec s = {0};
     ch_store *r = open_session(db, tenant, id, &s, e);
     if (r == NULL)
@@ -92,17 +99,18 @@ static int add_session(void *arg, const ch_session_rec *s)
 ch_status ch_session_list(ch_db *db, const char *tenant, const ch_session_query *q, json_t **out,
                           ch_err *e)
 {
+    LOCAL_ERR(e);
     ch_session_filter f = {q->user, -1, q->mandate, q->cursor, q->limit + 1};
     list_acc a = {json_array(), q->limit, false, ""};
     ch_store *r;
     ch_status st;
 
     if (q->limit < 1 || q->limit > 1000)
-        st = ch_err_set(e, CH_INVALID_VALUE, "limit", "limit must be 1 to 1000");
+        st = ch_err_set(e, CH_BAD_REQUEST, "limit", "limit must be 1 to 1000");
     else if (q->state != NULL && (f.state = ch_session_state_parse(q->state)) < 0)
-        st = ch_err_set(e, CH_INVALID_VALUE, "state", "unknown state '%s'", q->state);
+        st = ch_err_set(e, CH_BAD_REQUEST, "state", "unknown state '%s'", q->state);
     else if (q->cursor != NULL && !ch_id_valid("sess", q->cursor))
-        st = ch_err_set(e, CH_INVALID_VALUE, "cursor", "malformed cursor");
+        st = ch_err_set(e, CH_BAD_REQUEST, "cursor", "malformed cursor");
     else
         st = CH_OK;
     if (st != CH_OK)
@@ -184,12 +192,13 @@ static ch_status read_events(ch_store *r, const ch_session_rec *s, int64_t after
 ch_status ch_events_list(ch_db *db, const char *tenant, const char *id, int64_t after, int limit,
                          bool archived, json_t **out, ch_err *e)
 {
+    LOCAL_ERR(e);
     ch_session_rec s = {0};
     json_t *events, *next;
     if (limit < 1 || limit > 1000)
-        return ch_err_set(e, CH_INVALID_VALUE, "limit", "limit must be 1 to 1000");
+        return ch_err_set(e, CH_BAD_REQUEST, "limit", "limit must be 1 to 1000");
     if (after < 0)
-        return ch_err_set(e, CH_INVALID_VALUE, "after", "after must be 0 or more");
+        return ch_err_set(e, CH_BAD_REQUEST, "after", "after must be 0 or more");
     ch_store *r = open_session(db, tenant, id, &s, e);
     if (r == NULL)
         return e->status;
@@ -223,6 +232,7 @@ static int fact_add(void *arg, const char *key, const char *value, size_t len, i
 ch_status ch_fact_get(ch_db *db, const char *tenant, const char *id, const char *key,
                       json_t **out, ch_err *e)
 {
+    LOCAL_ERR(e);
     ch_session_rec s = {0};
     json_t *fact = NULL;
     ch_store *r = open_session(db, tenant, id, &s, e);
@@ -251,6 +261,7 @@ static ch_status read_facts(ch_store *r, const ch_session_rec *s, json_t **facts
 
 ch_status ch_facts_list(ch_db *db, const char *tenant, const char *id, json_t **out, ch_err *e)
 {
+    LOCAL_ERR(e);
     ch_session_rec s = {0};
     json_t *facts;
     ch_store *r = open_session(db, tenant, id, &s, e);
@@ -272,12 +283,13 @@ ch_status ch_facts_list(ch_db *db, const char *tenant, const char *id, json_t **
 ch_status ch_bundle(ch_db *db, const char *tenant, const char *id, int limit, json_t **out,
                     ch_err *e)
 {
+    LOCAL_ERR(e);
     ch_session_rec s = {0};
     json_t *facts = NULL, *summary = NULL, *events = NULL, *next = NULL;
     ch_status st;
 
     if (limit < 1 || limit > 10000)
-        return ch_err_set(e, CH_INVALID_VALUE, "limit", "limit must be 1 to 10000");
+        return ch_err_set(e, CH_BAD_REQUEST, "limit", "limit must be 1 to 10000");
     ch_store *r = open_session(db, tenant, id, &s, e);
     if (r == NULL)
         return e->status;

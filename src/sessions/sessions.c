@@ -215,10 +215,22 @@ static ch_status prepare_event(json_t *ev, const char *prefix, append_prep *a, i
 
     if (ch__fields_known(ev, prefix, allowed, e) ||
         ch__field_string(ev, prefix, "kind", true, MAX_KIND, &kind, e) ||
-        ch__field_string(ev, prefix, "role", false, MAX_ROLE, &role, e) ||
         ch__field_object(ev, prefix, "usage", &usage, e) ||
         ch__field_object(ev, prefix, "meta", &meta, e))
         return e->status;
+    /* role may be empty: "" is a role some harnesses use for system turns. */
+    role = NULL;
+    json_t *rv = json_object_get(ev, "role");
+    snprintf(f, sizeof(f), "%srole", prefix);
+    if (rv != NULL && !json_is_null(rv)) {
+        if (!json_is_string(rv))
+            return ch_err_set(e, CH_INVALID_TYPE, f, "'%s' must be a string", f);
+        if (json_string_length(rv) > MAX_ROLE ||
+            strlen(json_string_value(rv)) != json_string_length(rv))
+            return ch_err_set(e, CH_INVALID_VALUE, f, "'%s' must be at most %d bytes, without NUL",
+                              f, MAX_ROLE);
+        role = json_string_value(rv);
+    }
     snprintf(f, sizeof(f), "%skind", prefix);
     if (!kind_valid(kind))
         return ch_err_set(e, CH_INVALID_VALUE, f, "'%s' must be made of a-z, 0-9, '_', '.', '-'",

@@ -1,7 +1,13 @@
 /*
  * sqlite.c — the embedded default storage backend: one SQLite database file,
- * `<data-dir>/charter.db`, in WAL mode with synchronous=FULL, so a commit returns
- * only once its WAL frames are fsynced.
+ * `<data-dir>/charter.db`, in WAL mode.
+ *
+ * Durability is synchronous=FULL's, split in two: the writer connection commits with
+ * synchronous=OFF (its COMMIT writes the WAL frames and returns) and sync() then
+ * fdatasyncs the WAL file, from another thread, while the writer already runs the next
+ * batch. Nothing is acknowledged before that fsync. Checkpoints run on their own
+ * connection with synchronous=FULL, so the WAL is fsynced before any frame is copied
+ * into the database file and the database file after.
  *
  * Each connection caches its prepared statements (prepared on first use with
  * SQLITE_PREPARE_PERSISTENT). Event bodies are stored as canonical JSON text, keyed
@@ -9,6 +15,9 @@
  * on disk and a range read is one b-tree walk.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +42,7 @@ static const char schema_sql[] =
     " seq INTEGER NOT NULL, summary_seq INTEGER NOT NULL,"
     " created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS sessions_by_tenant ON sessions(tenant, id);"
-    "CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions(state, updated_at);"
+    "CREATE INDEX IF NOT EXISTS sessions_by_state ON sessions(state);"
     "CREATE TABLE IF NOT EXISTS events(sid INTEGER NOT NULL, seq INTEGER NOT NULL,"
     " at INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY(sid, seq)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS events_archive(sid INTEGER NOT NULL, seq INTEGER NOT NULL,"
@@ -128,11 +137,30 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_FACT_LIST] = "SELECT key, value, updated_at FROM facts WHERE sid = ?1 ORDER BY key",
 };
 
+/* The checkpointer: the writer connection never checkpoints itself (that would put a
+ * burst of random writes and an fsync of the database file into some unlucky
+ * commit). A WAL hook wakes this thread, which copies WAL frames back into the
+ * database on its own connection while the writer keeps committing. */
+typedef struct checkpointer {
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool wake, stop;
+    sqlite3 *db;
+} checkpointer;
+
 typedef struct sqlite_store {
     ch_store base; /* must be first */
     sqlite3 *db;
     sqlite3_stmt *stmts[S__COUNT];
+    checkpointer *ckpt; /* writer connections only */
+    char wal_path[2100];
+    int wal_fd;         /* writer: the WAL file, for sync(); -1 until opened */
+    ino_t wal_ino;
 } sqlite_store;
+
+#define CHECKPOINT_PAGES 1000  /* wake the checkpointer once the WAL holds this many */
+#define RESTART_PAGES 16384    /* past this (64 MiB), rewind the WAL */
 
 static ch_status io_error(sqlite_store *s, const char *what)
 {
@@ -192,6 +220,99 @@ static ch_status exec_script(sqlite_store *s, const char *sql, ch_err *e)
     return CH_OK;
 }
 
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    checkpointer *c = arg;
+    if (pages >= CHECKPOINT_PAGES) {
+        pthread_mutex_lock(&c->mu);
+        c->wake = true;
+        pthread_cond_signal(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+    }
+    return SQLITE_OK;
+}
+
+static void *checkpointer_main(void *arg)
+{
+    checkpointer *c = arg;
+    pthread_mutex_lock(&c->mu);
+    while (!c->stop) {
+        while (!c->wake && !c->stop)
+            pthread_cond_wait(&c->cv, &c->mu);
+        if (c->stop)
+            break;
+        c->wake = false;
+        pthread_mutex_unlock(&c->mu);
+        int log = 0, done = 0;
+        /* PASSIVE copies frames without blocking the writer or readers. Under steady
+         * writes it never quite catches up, and the WAL is only rewound from its start
+         * once everything was copied; so when the WAL has grown large, a RESTART
+         * follows, which waits for a gap between two commits, copies the few frames
+         * left, and makes the next commit start the WAL over. */
+        int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+        if (rc == SQLITE_OK && log >= RESTART_PAGES)
+            rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_RESTART, &log, &done);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+            ch_log(CH_LOG_WARN, "checkpoint failed", "{s:s}", "error", sqlite3_errmsg(c->db));
+        pthread_mutex_lock(&c->mu);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+static void checkpointer_stop(sqlite_store *s)
+{
+    checkpointer *c = s->ckpt;
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->stop = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->tid, NULL);
+    /* A last full checkpoint so a cleanly stopped data dir is one file again. */
+    sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    sqlite3_close(c->db);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c);
+    s->ckpt = NULL;
+}
+
+static ch_status checkpointer_start(sqlite_store *s, const char *path, ch_err *e)
+{
+    checkpointer *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return ch_err_set(e, CH_NOMEM, NULL, NULL);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        ch_err_set(e, CH_IO, NULL, "cannot open %s for checkpoints", path);
+        goto fail;
+    }
+    sqlite3_busy_timeout(c->db, 10000);
+    /* A connection learns that the database is in WAL mode only once it has read it. */
+    if (sqlite3_exec(c->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL,
+                     NULL) != SQLITE_OK) {
+        ch_err_set(e, CH_IO, NULL, "cannot prepare the checkpointer: %s", sqlite3_errmsg(c->db));
+        goto fail;
+    }
+    if (pthread_create(&c->tid, NULL, checkpointer_main, c) != 0) {
+        ch_err_set(e, CH_INTERNAL, NULL, "cannot start the checkpointer");
+        goto fail;
+    }
+    s->ckpt = c;
+    sqlite3_wal_hook(s->db, on_wal_commit, c);
+    return CH_OK;
+fail:
+    sqlite3_close(c->db);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c);
+    return e ? e->status : CH_IO;
+}
+
 static void s_close(ch_store *base)
 {
     sqlite_store *s = (sqlite_store *)base;
@@ -199,8 +320,42 @@ static void s_close(ch_store *base)
         return;
     for (int i = 0; i < S__COUNT; i++)
         sqlite3_finalize(s->stmts[i]);
+    if (s->ckpt != NULL)
+        sqlite3_wal_hook(s->db, NULL, NULL);
     sqlite3_close(s->db);
+    checkpointer_stop(s);
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
     free(s);
+}
+
+/* fdatasync of the WAL through our own descriptor (fsync acts on the file, whichever
+ * descriptor names it). Reopened if SQLite ever replaced the file. */
+static ch_status s_sync(ch_store *base)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    struct stat st;
+    if (stat(s->wal_path, &st) != 0)
+        return errno == ENOENT ? CH_OK : io_error(s, "stat wal");
+    if (s->wal_fd < 0 || st.st_ino != s->wal_ino) {
+        if (s->wal_fd >= 0)
+            close(s->wal_fd);
+        s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC);
+        if (s->wal_fd < 0)
+            return CH_IO;
+        s->wal_ino = st.st_ino;
+    }
+    return fdatasync(s->wal_fd) == 0 ? CH_OK : CH_IO;
+}
+
+static int sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
 }
 
 static ch_status s_open(const char *data_dir, bool writer, ch_store **out, ch_err *e)
@@ -211,6 +366,7 @@ static ch_status s_open(const char *data_dir, bool writer, ch_store **out, ch_er
     if (s == NULL)
         return ch_err_set(e, CH_NOMEM, NULL, NULL);
     s->base.methods = &ch__sqlite_methods;
+    s->wal_fd = -1;
     if (writer && mkdir(data_dir, 0700) != 0 && errno != EEXIST) {
         ch_err_set(e, CH_IO, NULL, "cannot create data dir %s: %s", data_dir, strerror(errno));
         goto fail;
@@ -225,7 +381,7 @@ static ch_status s_open(const char *data_dir, bool writer, ch_store **out, ch_er
     /* Other processes (charter keys create) may write too: wait for their short
      * transactions rather than failing. */
     sqlite3_busy_timeout(s->db, 10000);
-    if (exec_script(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+    if (exec_script(s, "PRAGMA page_size=4096; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
                        " PRAGMA foreign_keys=OFF; PRAGMA cache_size=-65536;",
                     e) != CH_OK)
         goto fail;
@@ -237,6 +393,16 @@ static ch_status s_open(const char *data_dir, bool writer, ch_store **out, ch_er
         if (exec_script(s, "COMMIT;", e) != CH_OK)
             goto fail;
     } else if (writer) {
+        goto fail;
+    }
+    snprintf(s->wal_path, sizeof(s->wal_path), "%s-wal", path);
+    if (writer && (exec_script(s, "PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=OFF;", e) !=
+                       CH_OK ||
+                   checkpointer_start(s, path, e) != CH_OK))
+        goto fail;
+    /* Make the WAL file and its directory entry durable before anything is written. */
+    if (writer && (s_sync(&s->base) != CH_OK || sync_dir(data_dir) != 0)) {
+        ch_err_set(e, CH_IO, NULL, "cannot sync %s: %s", data_dir, strerror(errno));
         goto fail;
     }
     *out = &s->base;
@@ -646,6 +812,7 @@ const ch_store_methods ch__sqlite_methods = {
     .close = s_close,
     .begin = s_begin,
     .commit = s_commit,
+    .sync = s_sync,
     .rollback = s_rollback,
     .savepoint = s_savepoint,
     .release = s_release,

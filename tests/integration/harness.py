@@ -39,6 +39,9 @@ SESSION_FIELDS = {
 }
 EVENT_FIELDS = {"kind", "role", "content", "usage", "meta", "seq", "at"}
 
+SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer)|"
+                          r"runtime error: |SUMMARY: (Address|Undefined)")
+
 DEFAULT = object()  # sentinel: "use the server's bootstrap key"
 
 _servers = []  # every Server started by this process (cleanup at exit)
@@ -199,6 +202,7 @@ class Server:
     def start(self, timeout=15.0):
         if not os.path.exists(self.bin):
             raise RuntimeError("charter binary not found: %s (set CHARTER_BIN)" % self.bin)
+        self._closelog()
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=self._log,
                                      stdin=subprocess.DEVNULL, env=self.env)
@@ -243,6 +247,21 @@ class Server:
         try:
             with open(self.log_path, "rb") as f:
                 return f.read().decode("utf-8", "replace")[-20000:]
+        except OSError:
+            return ""
+
+    def sanitizer_report(self):
+        """Lines of the server log where ASan/LSan/UBSan reported a fault ("" if none).
+        The sanitizer pass runs this suite against an instrumented binary: a report is
+        a failure even when every HTTP answer was right."""
+        text = self.log_text_full()
+        hits = [ln for ln in text.splitlines() if SANITIZER_RE.search(ln)]
+        return "\n".join(hits[:20])
+
+    def log_text_full(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
 
@@ -404,6 +423,8 @@ class Server:
 def create_key(data_dir, tenant, env=None):
     p = subprocess.run([charter_bin(), "keys", "create", "--tenant", tenant, "--data-dir",
                         data_dir], capture_output=True, text=True, timeout=30, env=env)
+    if SANITIZER_RE.search(p.stderr):
+        raise AssertionError("sanitizer report from charter keys create:\n" + p.stderr)
     if p.returncode != 0:
         raise AssertionError("keys create failed (%d): %s %s"
                              % (p.returncode, p.stdout, p.stderr))
@@ -483,6 +504,13 @@ def main():
     Exits non-zero on failure."""
     prog = unittest.main(verbosity=1, exit=False)
     ok = prog.result.wasSuccessful()
+    for s in list(_servers):
+        s.kill9()  # normally stopped already; a SIGKILL leaves no sanitizer report
+        rep = s.sanitizer_report()
+        if rep:
+            ok = False
+            print("harness: sanitizer report in %s:\n%s\n---- full log ----\n%s"
+                  % (s.log_path, rep, s.log_text()), file=sys.stderr)
     for s in list(_servers):
         s.cleanup(keep=not ok)
         if not ok:

@@ -5,6 +5,7 @@ usage) and error messages, and `charter keys create`."""
 
 import json
 import os
+import pty
 import subprocess
 import sys
 import tempfile
@@ -36,12 +37,20 @@ def cli(*args, key=harness.DEFAULT, url=None, stdin=None, env_extra=None):
         env["CHARTER_KEY"] = key
     if env_extra:
         env.update(env_extra)
-    return subprocess.run([harness.charter_bin()] + list(args), capture_output=True,
-                          text=True, input=stdin, env=env, timeout=30)
+    p = subprocess.run([harness.charter_bin()] + list(args), capture_output=True,
+                       text=True, input=stdin, env=env, timeout=30)
+    if harness.SANITIZER_RE.search(p.stderr):
+        raise AssertionError("sanitizer report from charter %s:\n%s" % (" ".join(args), p.stderr))
+    return p
 
 
 def cli_json(tc, *args, **kw):
-    p = cli(*(list(args) + ["--json"]), **kw)
+    args = list(args)
+    if "--" in args:   # options end at "--": --json goes before the verb
+        args.insert(1, "--json")
+    else:
+        args.append("--json")
+    p = cli(*args, **kw)
     tc.assertEqual(p.returncode, 0, "charter %s: rc %d\nstdout: %s\nstderr: %s"
                    % (" ".join(args), p.returncode, p.stdout, p.stderr))
     try:
@@ -97,7 +106,7 @@ class SessionVerbs(unittest.TestCase):
         # stale expect-seq: refused with the server's code, exit 1, nothing written
         p = cli("session", "append", sid, "--kind", "m", "--expect-seq", "0", "--json")
         self.assertEqual(p.returncode, 1, p.stderr)
-        self.assertIn("seq_conflict", p.stderr)
+        self.assertRegex(p.stderr, r"^charter: seq_conflict: .+ \(field: expect_seq\)\n$")
         self.assertEqual(p.stdout, "")
         self.assertEqual(srv.get_session(sid)["seq"], 4)
 
@@ -131,7 +140,7 @@ class SessionVerbs(unittest.TestCase):
         self.assertEqual(cli_json(self, "session", "resume", sid)["state"], "active")
         p = cli("session", "resume", sid)
         self.assertEqual(p.returncode, 1)
-        self.assertIn("invalid_transition", p.stderr)
+        self.assertRegex(p.stderr, r"^charter: invalid_transition: .+ \(state: active\)\n$")
 
         # compact and bundle
         c = cli_json(self, "session", "compact", sid, "--through", "4", "--summary", "four")
@@ -198,6 +207,89 @@ class SessionVerbs(unittest.TestCase):
             os.unlink(f.name)
 
 
+class Options(unittest.TestCase):
+    def test_json_before_verb_and_double_dash(self):
+        sid = srv.create_session(user="cli_opts")["id"]
+        p = cli("session", "--json", "show", sid)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout), srv.get_session(sid))
+        self.assertIn("\n  ", p.stdout)  # --json is indented
+        f = cli_json(self, "session", "facts", sid, "set", "n", "--", "-5")
+        self.assertEqual(f["value"], -5)
+        f = cli_json(self, "session", "facts", sid, "set", "s", '"42"')
+        self.assertEqual(f["value"], "42")
+        f = cli_json(self, "session", "facts", sid, "set", "t", "hello")
+        self.assertEqual(f["value"], "hello")
+        f = cli_json(self, "session", "facts", sid, "set", "nul", "null")
+        self.assertIsNone(f["value"])
+        self.assertEqual(srv.facts(sid), {"n": -5, "s": "42", "t": "hello", "nul": None})
+
+    def test_large_append_from_file(self):
+        """A body large enough for libcurl to use Expect: 100-continue."""
+        sid = srv.create_session(user="cli_big")["id"]
+        batch = {"events": [{"kind": "m", "content": "z" * 50000} for _ in range(10)]}
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(batch, f)
+        try:
+            r = cli_json(self, "session", "append", sid, "--file", f.name)
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(r, {"first_seq": 1, "last_seq": 10})
+        self.assertEqual([len(e["content"]) for e in srv.all_events(sid)], [50000] * 10)
+        p = cli("session", "append", sid, "--file", "/nonexistent/file.json")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertTrue(p.stderr.startswith("charter: "), p.stderr)
+
+    def test_key_file_whitespace_trimmed(self):
+        sid = srv.create_session(user="cli_kf")["id"]
+        with tempfile.NamedTemporaryFile("w", suffix=".key", delete=False) as f:
+            f.write("  " + srv.key + " \t\nsecond line\n")
+        try:
+            p = cli("session", "show", sid, "--key-file", f.name, key=None)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(json.loads(p.stdout)["id"], sid)
+            # the flag wins over CHARTER_KEY
+            p = cli("session", "show", sid, "--key-file", f.name, key="chk_" + "Q" * 43)
+            self.assertEqual(p.returncode, 0, p.stderr)
+        finally:
+            os.unlink(f.name)
+
+    def test_terminal_output(self):
+        """On a terminal the session is shown as key: value lines, events as a table."""
+        sid = srv.create_session(user="cli_tty")["id"]
+        assert_status(srv.append(sid, {"kind": "message", "content": "x" * 200}), 201)
+
+        def on_tty(*args):
+            master, slave = pty.openpty()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CHARTER_")}
+            env.update(CHARTER_URL=srv.url, CHARTER_KEY=srv.key)
+            p = subprocess.Popen([harness.charter_bin()] + list(args), stdout=slave,
+                                 stderr=subprocess.PIPE, env=env)
+            os.close(slave)
+            out = b""
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            os.close(master)
+            self.assertEqual(p.wait(30), 0, p.stderr.read())
+            p.stderr.close()
+            return out.decode("utf-8", "replace").replace("\r\n", "\n")
+
+        out = on_tty("session", "show", sid)
+        self.assertRegex(out, r"(?m)^id:\s+%s$" % sid)
+        self.assertRegex(out, r"(?m)^state:\s+active$")
+        self.assertRegex(out, r"(?m)^seq:\s+1$")
+        out = on_tty("session", "events", sid)
+        self.assertRegex(out, r"(?m)^SEQ\s+AT\s+KIND\s+ROLE\s+CONTENT")
+        self.assertIn("...", out)               # content cut to 60 characters
+        self.assertNotIn("x" * 61, out)
+
+
 class Errors(unittest.TestCase):
     def test_unknown_id(self):
         http = srv.request("GET", "/v1/sessions/" + UNKNOWN_ID)
@@ -209,7 +301,7 @@ class Errors(unittest.TestCase):
             self.assertEqual(p.stdout, "")
             self.assertIn("not_found", p.stderr)
         p = cli("session", "show", UNKNOWN_ID)
-        self.assertIn(http.json["error"]["message"], p.stderr)
+        self.assertEqual(p.stderr, "charter: not_found: %s\n" % http.json["error"]["message"])
 
     def test_invalid_input_reported_with_field(self):
         sid = srv.create_session(user="cli_err")["id"]
@@ -232,10 +324,14 @@ class Errors(unittest.TestCase):
 
     def test_unreachable(self):
         port = harness.free_port()
-        p = cli("session", "list", url="http://127.0.0.1:%d" % port)
-        self.assertNotEqual(p.returncode, 0)
-        self.assertEqual(p.returncode, 2, p.stderr)
-        self.assertIn("cannot reach", p.stderr)
+        url = "http://127.0.0.1:%d" % port
+        for args in (["session", "list"], ["session", "show", UNKNOWN_ID, "--json"],
+                     ["session", "append", UNKNOWN_ID, "--kind", "m"]):
+            p = cli(*args, url=url)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertTrue(p.stderr.startswith("charter: cannot reach %s" % url), p.stderr)
+            self.assertEqual(p.stdout, "")
 
     def test_usage_errors(self):
         sid = srv.create_session(user="cli_usage")["id"]
@@ -250,7 +346,8 @@ class Errors(unittest.TestCase):
             self.assertEqual(p.returncode, 64, "%s: rc %d %s" % (args, p.returncode, p.stderr))
             self.assertNotEqual(p.stderr, "")
         self.assertEqual(srv.get_session(sid)["seq"], 0)
-        for args in (["--help"], ["session", "--help"], ["--version"]):
+        for args in (["--help"], ["session", "--help"], ["--version"],
+                     ["session", "append", "--help"], ["keys", "--help"]):
             p = cli(*args)
             self.assertEqual(p.returncode, 0, args)
             self.assertNotEqual(p.stdout, "")
@@ -261,7 +358,7 @@ class Keys(unittest.TestCase):
         p = subprocess.run([harness.charter_bin(), "keys", "create", "--tenant", "cli-tenant",
                             "--data-dir", srv.dir], capture_output=True, text=True, timeout=30)
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertRegex(p.stdout.strip(), "^" + KEY_RE.pattern + "$")
+        self.assertRegex(p.stdout, "^" + KEY_RE.pattern + "\n$")   # the key alone
         key = p.stdout.strip()
         s = cli_json(self, "session", "open", "--user", "t", "--agent", "a", key=key)
         self.assertEqual(cli_json(self, "session", "list", key=key)["sessions"], [s])
@@ -270,7 +367,12 @@ class Keys(unittest.TestCase):
         self.assertIn("not_found", p.stderr)
         p = subprocess.run([harness.charter_bin(), "keys", "create", "--data-dir", srv.dir],
                            capture_output=True, text=True, timeout=30)
-        self.assertNotEqual(p.returncode, 0)
+        self.assertEqual(p.returncode, 64, p.stderr)          # --tenant is required
+        p = subprocess.run([harness.charter_bin(), "keys", "create", "--tenant", "Bad!",
+                            "--data-dir", srv.dir], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 1, p.stderr)           # invalid tenant
+        self.assertTrue(p.stderr.startswith("charter: "), p.stderr)
+        self.assertEqual(p.stdout, "")
 
 
 if __name__ == "__main__":

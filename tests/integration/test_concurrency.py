@@ -10,7 +10,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import assert_error  # noqa: E402
+from harness import assert_error, assert_status  # noqa: E402
 
 srv = None
 THREADS = 16
@@ -115,6 +115,129 @@ class ExpectSeqRace(unittest.TestCase):
         for (t, n), first in acked.items():
             self.assertEqual([e["content"] for e in ev[first - 1:first + 2]],
                              [[t, n, 0], [t, n, 1], [t, n, 2]])
+
+
+class CompactionRace(unittest.TestCase):
+    def test_compact_while_appending(self):
+        """Compactions racing appends: the archive plus the live log is always the
+        whole history, each event once, and the live log is the last summary then the
+        tail."""
+        sid = srv.create_session(user="compact_race")["id"]
+        lock = threading.Lock()
+        acked = {}
+        done = threading.Event()
+        compactions = []
+
+        def appender(t):
+            with srv.client() as c:
+                for n in range(50):
+                    r = c.request("POST", "/v1/sessions/%s/events" % sid,
+                                  {"kind": "m", "content": "%d-%d" % (t, n)})
+                    assert r.status == 201, r.raw
+                    with lock:
+                        acked["%d-%d" % (t, n)] = r.json["first_seq"]
+
+        def compactor():
+            with srv.client() as c:
+                while not done.is_set():
+                    s = c.request("GET", "/v1/sessions/" + sid).json
+                    through = s["seq"] - 3
+                    if through > s["summary_seq"]:
+                        r = c.request("POST", "/v1/sessions/%s/compact" % sid,
+                                      {"through_seq": through, "summary": "through %d" % through})
+                        assert r.status == 200, r.raw
+                        assert r.json["summary_seq"] == through, r.json
+                        compactions.append(through)
+                    done.wait(0.01)
+
+        cerr = []
+
+        def compactor_wrapped():
+            try:
+                compactor()
+            except BaseException as e:  # noqa: BLE001
+                cerr.append(repr(e))
+
+        ct = threading.Thread(target=compactor_wrapped)
+        ct.start()
+        errors = run_threads(6, appender)
+        done.set()
+        ct.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual(cerr, [])
+        self.assertGreater(len(compactions), 0)
+        s = srv.get_session(sid)
+        self.assertEqual(s["seq"], 300)
+        self.assertEqual(s["summary_seq"], compactions[-1])
+        full = srv.all_events(sid, archived=True)
+        self.assertEqual([e["seq"] for e in full], list(range(1, 301)))
+        self.assertEqual({e["content"]: e["seq"] for e in full}, acked)
+        self.assertNotIn("summary", [e["kind"] for e in full])
+        live = srv.all_events(sid)
+        self.assertEqual([e["seq"] for e in live], list(range(compactions[-1], 301)))
+        self.assertEqual((live[0]["kind"], live[0]["content"]),
+                         ("summary", "through %d" % compactions[-1]))
+        self.assertEqual(live[1:], full[compactions[-1]:])
+
+
+class SameCallRaces(unittest.TestCase):
+    def test_same_compaction_races(self):
+        """Eight identical compactions at once: exactly one wins, the others are
+        refused (through_seq is no longer above summary_seq); history intact."""
+        sid = srv.create_session(user="compact_same")["id"]
+        assert_status(srv.append(sid, {"events": [{"kind": "m", "content": i}
+                                                  for i in range(20)]}), 201)
+        before = srv.all_events(sid, archived=True)
+        lock = threading.Lock()
+        results = []
+        barrier = threading.Barrier(8)
+
+        def worker(t):
+            with srv.client() as c:
+                c.request("GET", "/healthz")
+                barrier.wait(30)
+                r = c.request("POST", "/v1/sessions/%s/compact" % sid,
+                              {"through_seq": 15, "summary": "by %d" % t})
+                with lock:
+                    results.append(r)
+
+        self.assertEqual(run_threads(8, worker), [])
+        ok = [r for r in results if r.status == 200]
+        self.assertEqual(len(ok), 1, [r.raw for r in results])
+        self.assertEqual(ok[0].json, {"summary_seq": 15, "archived": 15})
+        for r in results:
+            if r.status != 200:
+                assert_error(r, 422, "invalid_value", field="through_seq")
+        self.assertEqual(srv.all_events(sid, archived=True), before)
+        live = srv.all_events(sid)
+        self.assertEqual([e["seq"] for e in live], list(range(15, 21)))
+        self.assertEqual(srv.get_session(sid)["summary_seq"], 15)
+
+    def test_same_transition_races(self):
+        """Eight closes at once: one 200, seven 409 invalid_transition (state closed),
+        one lifecycle event."""
+        sid = srv.create_session(user="close_same")["id"]
+        assert_status(srv.append(sid, {"kind": "m"}), 201)
+        lock = threading.Lock()
+        results = []
+        barrier = threading.Barrier(8)
+
+        def worker(t):
+            with srv.client() as c:
+                c.request("GET", "/healthz")
+                barrier.wait(30)
+                r = c.request("POST", "/v1/sessions/%s/close" % sid)
+                with lock:
+                    results.append(r)
+
+        self.assertEqual(run_threads(8, worker), [])
+        self.assertEqual(sorted(r.status for r in results), [200] + [409] * 7)
+        for r in results:
+            if r.status == 409:
+                assert_error(r, 409, "invalid_transition", state="closed")
+        ev = srv.all_events(sid)
+        self.assertEqual([e["kind"] for e in ev], ["m", "lifecycle"])
+        self.assertEqual(srv.get_session(sid)["seq"], 2)
 
 
 class ManySessions(unittest.TestCase):

@@ -3,9 +3,12 @@ with the documented error shape (never a 5xx), the documented code and field whe
 docs/api.md names one, and must change nothing: the target session's state, seq,
 events and facts are compared before and after. The server must still be alive."""
 
+import http.client
 import json
 import os
+import socket
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -297,12 +300,14 @@ class Corpus(unittest.TestCase):
         """Boundaries inside the limits are accepted (on a session of its own)."""
         sid = srv.create_session(user="limits")["id"]
         for body in ({"kind": "k" * 64, "role": "r" * 64},
+                     {"kind": "m", "role": ""},
                      {"kind": "a.b-c_d.0-9"},
                      {"kind": "m", "usage": {"tokens": 0, "cost_usd": 0, "tool_calls": 0}},
                      {"kind": "m", "content": json.loads(nest(60)), "meta": {}},
                      {"events": [{"kind": "m"} for _ in range(1000)]}):
-            r = srv.append(sid, body)
-            self.assertEqual(r.status, 201, "%s: %r" % (json.dumps(body)[:100], r.raw[:300]))
+            with self.subTest(body=json.dumps(body)[:60]):
+                r = srv.append(sid, body)
+                self.assertEqual(r.status, 201, "%s: %r" % (json.dumps(body)[:100], r.raw[:300]))
 
     # ---- facts ------------------------------------------------------------------------
     def test_fact_fields(self):
@@ -315,9 +320,11 @@ class Corpus(unittest.TestCase):
             ("PUT", F + "k", {"value": ["x" * 1000] * 70}, 422, "invalid_value", "value"),
             ("PUT", F + q("k" * 257), {"value": 1}, (400, 422), ("bad_request", "invalid_value")),
             ("PUT", F + q("k" * 300), {"value": 1}, (400, 422), ("bad_request", "invalid_value")),
+            ("PUT", F + q("é" * 129), {"value": 1}, (400, 422), ("bad_request", "invalid_value")),
+            ("PUT", F + q("k" * 5000), {"value": 1}, (400, 414, 422), ANY),
             ("GET", F + q("k" * 300), None, (400, 404, 422), ANY),
             ("DELETE", F + q("k" * 300), None, (400, 404, 422), ANY),
-            ("PUT", F, {"value": 1}, (400, 404, 405), ANY),
+            ("PUT", F, {"value": 1}, (400, 404, 405, 422), ANY),   # empty key
             ("PUT", F + "a/b", {"value": 1}, 404, "not_found"),
             ("GET", F + "missing", None, 404, "not_found"),
             ("DELETE", F + "missing", None, 404, "not_found"),
@@ -390,8 +397,9 @@ class Corpus(unittest.TestCase):
             ("POST", L + "close", {"reason": "r", "state": "closed"}, 400, "unknown_field",
              "state"),
             ("POST", L + "archive", {"reason": {}}, 400, "invalid_type", "reason"),
-            ("POST", L + "resume", {"reason": "x"}, 400, "unknown_field", "reason"),
-            ("POST", L + "resume", {"x": 1}, 400, "unknown_field", "x"),
+            # SID is active: resume is refused either for its body or for the state
+            ("POST", L + "resume", {"reason": "x"}, (400, 409),
+             ("unknown_field", "invalid_transition")),
             ("POST", L + "pause", b"[]", 400, "bad_request"),
             ("POST", L + "pause", b"{", 400, "bad_json"),
             ("POST", L + "close", b"\"closed\"", 400, "bad_request"),
@@ -401,13 +409,32 @@ class Corpus(unittest.TestCase):
         ]
         self.run_cases(cases)
 
+    def test_resume_body_checked(self):
+        """On a paused session (where resume would succeed) a body resume does not take
+        (an unknown field, a reason that is not a string, not an object, broken JSON) is
+        refused and the session stays paused."""
+        sid = srv.create_session(user="resume_body")["id"]
+        assert_status(srv.request("POST", "/v1/sessions/%s/pause" % sid), 200)
+        before = srv.snapshot(sid)
+        for body, code, field in (({"reason": 5}, "invalid_type", "reason"),
+                                  ({"x": 1}, "unknown_field", "x"),
+                                  (b"[]", "bad_request", None), (b"{", "bad_json", None)):
+            with self.subTest(body=body):
+                if isinstance(body, bytes):
+                    r = srv.request("POST", "/v1/sessions/%s/resume" % sid, raw=body)
+                else:
+                    r = srv.request("POST", "/v1/sessions/%s/resume" % sid, body)
+                assert_error(r, 400, code, field=field)
+        self.assertEqual(srv.snapshot(sid), before)
+
     # ---- sizes --------------------------------------------------------------------------
     def test_body_too_large(self):
         before = srv.snapshot(SID)
         for n in (MAX_BODY + 1, 2 * MAX_BODY, 8 * MAX_BODY):
             body = b'{"kind":"m","content":"' + b"x" * n + b'"}'
-            r = srv.raw_request("POST", "/v1/sessions/%s/events" % SID, body)
-            assert_error(r, 413, "body_too_large")
+            with self.subTest(size=len(body)):
+                r = srv.raw_request("POST", "/v1/sessions/%s/events" % SID, body)
+                assert_error(r, 413, "body_too_large")
         body = b'{"value":"' + b"x" * (2 * MAX_BODY) + b'"}'
         r = srv.raw_request("PUT", "/v1/sessions/%s/facts/keep" % SID, body)
         assert_error(r, 413, "body_too_large")
@@ -418,7 +445,6 @@ class Corpus(unittest.TestCase):
 
     def test_chunked_body_too_large(self):
         """The limit holds for a body without Content-Length (chunked)."""
-        import http.client
         before = srv.snapshot(SID)
         c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
         payload = b'{"kind":"m","content":"' + b"x" * (2 * MAX_BODY) + b'"}'
@@ -535,6 +561,44 @@ class Corpus(unittest.TestCase):
                             headers={"Content-Length": "5"})
         self.assertLess(r.status, 500)
         self.assertGreaterEqual(r.status, 400)
+        self.assertEqual(srv.snapshot(SID), before)
+
+    def test_raw_http_abuse(self):
+        """Broken HTTP and abandoned uploads do not hurt the server or the data."""
+        before = srv.snapshot(SID)
+        junk = [b"GARBAGE\r\n\r\n", b"\x00\x01\x02\xff" * 100 + b"\r\n\r\n",
+                b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+                b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"zz\r\n",
+                b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 5000 + b"\r\n"]
+        for data in junk:
+            sk = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            try:
+                sk.sendall(data)
+                sk.settimeout(5)
+                try:
+                    sk.recv(4096)
+                except (socket.timeout, ConnectionResetError):
+                    pass
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                sk.close()
+        # uploads abandoned half way, with a valid key and target
+        socks = []
+        for i in range(30):
+            sk = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            sk.sendall(("POST /v1/sessions/%s/events HTTP/1.1\r\nHost: x\r\n"
+                        "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                        "Content-Length: 100000\r\n\r\n{\"kind\":\"m\",\"content\":\""
+                        % (SID, srv.key)).encode() + b"x" * 5000)
+            socks.append(sk)
+        time.sleep(0.2)
+        for sk in socks:
+            sk.close()
+        self.assertTrue(srv.alive())
+        self.assertEqual(srv.request("GET", "/healthz", key=None).status, 200)
         self.assertEqual(srv.snapshot(SID), before)
 
     # ---- finally -----------------------------------------------------------------------

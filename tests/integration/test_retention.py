@@ -4,7 +4,10 @@ deleted (404, events and facts gone), each close/archive a `lifecycle` event wit
 reason `retention`. A session kept busy is not closed."""
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -102,6 +105,7 @@ class Retention(unittest.TestCase):
                         return
                     stop.wait(0.3)
 
+        assert_status(srv.append(busy, {"kind": "tick"}), 201)
         t = threading.Thread(target=keep_busy)
         t.start()
         try:
@@ -138,6 +142,32 @@ class RetentionDisabled(unittest.TestCase):
             self.assertEqual([(e["content"]["from"], e["content"]["to"],
                                e["content"].get("reason")) for e in ev],
                              [("open", "closed", "retention")])
+
+
+class BadConfig(unittest.TestCase):
+    """A typo in charter.yaml must not pass silently: serve refuses to start."""
+
+    def test_refused(self):
+        for bad in (CONFIG.replace("close_idle_after", "close_idle_afterr"),
+                    CONFIG.replace("200ms", "soon"),
+                    CONFIG.replace("retention:", "retentoin:"),
+                    "sessions: [1, 2\n"):
+            d = tempfile.mkdtemp(prefix="charter-it-cfg-")
+            try:
+                cfg = os.path.join(d, "charter.yaml")
+                with open(cfg, "w") as f:
+                    f.write(bad)
+                try:
+                    p = subprocess.run([harness.charter_bin(), "serve", "--config", cfg,
+                                        "--data-dir", os.path.join(d, "data"), "--listen",
+                                        "127.0.0.1:%d" % harness.free_port()],
+                                       capture_output=True, text=True, timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.fail("serve started with a bad config:\n" + bad)
+                self.assertNotEqual(p.returncode, 0, bad)
+                self.assertNotEqual(p.stderr.strip(), "", "no reason given for:\n" + bad)
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

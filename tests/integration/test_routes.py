@@ -1,14 +1,18 @@
 """test_routes.py — the happy path of every route in docs/api.md, with the response
 fields checked exactly as documented."""
 
+import http.client
+import json
 import os
 import re
+import select
+import socket
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import ID_RE, TIME_RE, EVENT_FIELDS, assert_status, check_session_shape, q  # noqa: E402
+from harness import TIME_RE, EVENT_FIELDS, assert_status, check_session_shape, q  # noqa: E402
 
 srv = None
 
@@ -67,6 +71,116 @@ class HealthAndMetrics(unittest.TestCase):
             srv.request("GET", "/v1/sessions/" + s["id"])
         text2 = srv.request("GET", "/metrics", key=None).raw.decode("utf-8")
         self.assertGreaterEqual(total(text2, "charter_http_requests_total"), before + 5)
+
+
+def read_responses(sk, n):
+    """Reads n HTTP/1.1 responses from a socket → [(status, parsed JSON body)].
+    Handles Content-Length and chunked bodies."""
+    buf = b""
+
+    def fill():
+        nonlocal buf
+        chunk = sk.recv(65536)
+        if not chunk:
+            raise AssertionError("connection closed after %d responses" % len(out))
+        buf += chunk
+
+    out = []
+    while len(out) < n:
+        while b"\r\n\r\n" not in buf:
+            fill()
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {k.strip().lower(): v.strip() for k, v in
+                (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+        if "content-length" in hdrs:
+            size = int(hdrs["content-length"])
+            while len(buf) < size:
+                fill()
+            body, buf = buf[:size], buf[size:]
+        else:
+            body = b""
+            while True:
+                while b"\r\n" not in buf:
+                    fill()
+                line, buf = buf.split(b"\r\n", 1)
+                size = int(line.split(b";")[0], 16)
+                while len(buf) < size + 2:
+                    fill()
+                body, buf = body + buf[:size], buf[size + 2:]
+                if size == 0:
+                    break
+        out.append((status, json.loads(body)))
+    return out
+
+
+class HttpFraming(unittest.TestCase):
+    """Plain HTTP/1.x things clients do: pipelining, HTTP/1.0, Expect: 100-continue."""
+
+    def raw(self, data):
+        sk = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        sk.sendall(data)
+        return sk
+
+    def read_response(self, sk, method="GET"):
+        r = http.client.HTTPResponse(sk, method=method)
+        r.begin()
+        body = r.read()
+        return r.status, body
+
+    def test_pipelining(self):
+        sid = srv.create_session(user="pipe")["id"]
+        auth = "Authorization: Bearer %s\r\n" % srv.key
+        reqs = b""
+        for i in range(3):
+            body = json.dumps({"kind": "m", "content": i}).encode()
+            reqs += ("POST /v1/sessions/%s/events HTTP/1.1\r\nHost: x\r\n%s"
+                     "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                     % (sid, auth, len(body))).encode() + body
+        reqs += ("GET /v1/sessions/%s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (sid, auth)).encode()
+        sk = self.raw(reqs)
+        try:
+            got = read_responses(sk, 4)
+        finally:
+            sk.close()
+        self.assertEqual([g[0] for g in got], [201, 201, 201, 200])
+        self.assertEqual([g[1] for g in got[:3]],
+                         [{"first_seq": i, "last_seq": i} for i in (1, 2, 3)])
+        self.assertEqual(got[3][1]["seq"], 3)
+        self.assertEqual([e["content"] for e in srv.all_events(sid)], [0, 1, 2])
+
+    def test_http10(self):
+        sk = self.raw(b"GET /healthz HTTP/1.0\r\n\r\n")
+        try:
+            status, body = self.read_response(sk)
+        finally:
+            sk.close()
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body), {"status": "ok"})
+
+    def test_expect_100_continue(self):
+        sid = srv.create_session(user="expect")["id"]
+        body = json.dumps({"kind": "m", "content": "y" * 100000}).encode()
+        sk = self.raw(("POST /v1/sessions/%s/events HTTP/1.1\r\nHost: x\r\n"
+                       "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                       "Content-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+                       % (sid, srv.key, len(body))).encode())
+        try:
+            # a client may send the body after a 100 or after a short wait without one
+            r, _, _ = select.select([sk], [], [], 1.0)
+            pre = b""
+            if r:
+                pre = sk.recv(25)
+                self.assertTrue(pre.startswith(b"HTTP/1.1 100"), pre)
+                while not pre.endswith(b"\r\n\r\n"):
+                    pre += sk.recv(1)
+            sk.sendall(body)
+            status, rb = self.read_response(sk, "POST")
+        finally:
+            sk.close()
+        self.assertEqual(status, 201, rb[:300])
+        self.assertEqual(json.loads(rb), {"first_seq": 1, "last_seq": 1})
 
 
 class Sessions(unittest.TestCase):
@@ -155,6 +269,36 @@ class Sessions(unittest.TestCase):
         r = srv.request("GET", "/v1/sessions?user=nobody_at_all")
         self.assertEqual(r.json, {"sessions": [], "next_cursor": None})
 
+    def test_cursor_walk_with_concurrent_creates(self):
+        """Sessions created during a walk show up after the ones already seen, once."""
+        user = "walker"
+        ids = [srv.create_session(user=user)["id"] for _ in range(5)]
+        seen, cursor = [], None
+        for page in range(20):
+            path = "/v1/sessions?user=%s&limit=2" % user
+            if cursor:
+                path += "&cursor=" + q(cursor)
+            r = srv.request("GET", path)
+            self.assertEqual(r.status, 200, r.raw)
+            seen += [s["id"] for s in r.json["sessions"]]
+            if page < 3:
+                ids.append(srv.create_session(user=user)["id"])
+            cursor = r.json["next_cursor"]
+            if cursor is None:
+                break
+        self.assertEqual(seen, ids)
+
+    def test_list_filter_long_values(self):
+        """Filters take values as long as the fields they match (256 bytes)."""
+        for user in ("u" * 256, "é" * 128, "a b&c=d+e/f?"):
+            sid = srv.create_session(user=user, mandate="m/&=" + "x" * 200)["id"]
+            r = srv.request("GET", "/v1/sessions?user=%s" % q(user))
+            self.assertEqual(r.status, 200, r.raw[:300])
+            self.assertEqual([s["id"] for s in r.json["sessions"]], [sid])
+            r = srv.request("GET", "/v1/sessions?user=%s&mandate=%s"
+                            % (q(user), q("m/&=" + "x" * 200)))
+            self.assertEqual([s["id"] for s in r.json["sessions"]], [sid])
+
     def test_list_default_limit(self):
         user = "many_user"
         for i in range(55):
@@ -207,6 +351,9 @@ class Events(unittest.TestCase):
         self.assertIsNone(r.json["next_after"])
         ev = r.json["events"]
         self.assertEqual([e["seq"] for e in ev], [1, 2, 3, 4])
+        ats = [e["at"] for e in ev]
+        self.assertEqual(ats, sorted(ats))
+        self.assertGreaterEqual(ats[0], s["created_at"])
         sent = [{"kind": "message", "role": "user", "content": "hello",
                  "usage": {"tokens": 10, "cost_usd": 0.25, "tool_calls": 1},
                  "meta": {"trace": "t1"}}] + batch["events"]
@@ -218,6 +365,25 @@ class Events(unittest.TestCase):
                 self.assertEqual(e[k], v, "event %d field %s" % (e["seq"], k))
             for k in set(EVENT_FIELDS) - set(want) - {"seq", "at"}:
                 self.assertIsNone(e.get(k), "event %d has unsent %s" % (e["seq"], k))
+
+    def test_content_round_trip(self):
+        """Any JSON as content comes back as sent."""
+        sid = srv.create_session(user="rt")["id"]
+        values = [0, -1, 2 ** 62, -(2 ** 62), 0.1, 1e-7, 1.5e300, True, False, None, "",
+                  "ünïcödé ✓ \U0001F600", "quote\" back\\ nl\n tab\t ctl\u0001",
+                  [], {}, [1, [2, [3, {"a": None}]]], {"z": 1, "a": 2, "m": {"": ""}}]
+        r = srv.append(sid, {"events": [{"kind": "v", "content": v, "meta": {"i": i}}
+                                        for i, v in enumerate(values)]})
+        self.assertEqual(r.status, 201, r.raw[:300])
+        ev = srv.all_events(sid)
+        strict = lambda xs: [json.dumps(x, sort_keys=True) for x in xs]  # noqa: E731
+        self.assertEqual(strict(e["content"] for e in ev), strict(values))  # True is not 1
+        self.assertEqual([e["meta"] for e in ev], [{"i": i} for i in range(len(values))])
+        for i, v in enumerate(values):
+            r = srv.request("PUT", "/v1/sessions/%s/facts/v%d" % (sid, i), {"value": v})
+            self.assertEqual(r.status, 200, r.raw[:300])
+        facts = srv.facts(sid)
+        self.assertEqual(strict(facts["v%d" % i] for i in range(len(values))), strict(values))
 
     def test_append_expect_seq_zero_on_open(self):
         s = srv.create_session(user="ev0")
@@ -285,6 +451,7 @@ class Facts(unittest.TestCase):
         "q?x=1&y=2#frag",
         "a+b",
         "k" * 256,                # the longest key allowed
+        "é" * 128,                # 256 bytes, 768 characters percent-encoded
         "'\";--",
     ]
 

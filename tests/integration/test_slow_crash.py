@@ -29,6 +29,7 @@ class Crash(unittest.TestCase):
         sids = [srv.create_session(user="crash", agent="a%d" % i)["id"] for i in range(3)]
         acked = {}          # payload id -> (sid, seq)
         facts_acked = {}    # (sid, key) -> highest acknowledged value
+        compacted = {}      # sid -> highest acknowledged through_seq
         created = list(sids)
         lock = threading.Lock()
         total_acks = 0
@@ -56,8 +57,21 @@ class Crash(unittest.TestCase):
                                     with lock:
                                         old = facts_acked.get((sid, key), -1)
                                         facts_acked[(sid, key)] = max(old, val)
-                                elif r.status >= 500 and r.status != 503:
+                                elif r.status != 503:
                                     errors.append((r.status, r.raw[:200]))
+                                continue
+                            if t == 2 and op < 0.1:
+                                s = c.request("GET", "/v1/sessions/" + sid).json
+                                through = s["seq"] - 2
+                                if through > s["summary_seq"]:
+                                    r = c.request("POST", "/v1/sessions/%s/compact" % sid,
+                                                  {"through_seq": through,
+                                                   "summary": "through %d" % through})
+                                    if r.status == 200:
+                                        with lock:
+                                            compacted[sid] = max(compacted.get(sid, 0), through)
+                                    elif r.status != 503:
+                                        errors.append((r.status, r.raw[:200]))
                                 continue
                             if t == 1 and op < 0.05:
                                 r = c.request("POST", "/v1/sessions",
@@ -86,6 +100,8 @@ class Crash(unittest.TestCase):
                                     acked[p] = (sid, r.json["first_seq"] + i, evs[i]["content"])
                         elif r.status != 503:
                             errors.append((r.status, r.raw[:200]))
+                except Exception as e:  # noqa: BLE001 — reported by the main thread
+                    errors.append(("thread %d" % t, repr(e)))
                 finally:
                     c.close()
 
@@ -100,12 +116,12 @@ class Crash(unittest.TestCase):
                 self.assertFalse(t.is_alive(), "worker hung after kill -9")
             self.assertEqual(errors, [], "round %d" % rnd_no)
             srv.start()
-            self.verify(srv, sids, created, acked, facts_acked, rnd_no)
+            self.verify(srv, sids, created, acked, facts_acked, compacted, rnd_no)
             self.assertGreater(len(acked), total_acks, "round %d acknowledged nothing" % rnd_no)
             total_acks = len(acked)
         self.assertEqual(srv.stop(), 0)
 
-    def verify(self, srv, sids, created, acked, facts_acked, rnd_no):
+    def verify(self, srv, sids, created, acked, facts_acked, compacted, rnd_no):
         msg = "after crash %d" % rnd_no
         with srv.client() as c:
             for sid in created:
@@ -113,8 +129,18 @@ class Crash(unittest.TestCase):
                 self.assertEqual(r.status, 200, "%s: created session %s lost" % (msg, sid))
             for sid in sids:
                 s = c.request("GET", "/v1/sessions/" + sid).json
-                ev = srv.all_events(sid, client=c)
+                ev = srv.all_events(sid, archived=True, client=c)
                 self.assertEqual([e["seq"] for e in ev], list(range(1, s["seq"] + 1)), msg)
+                # the live log: the summary (if any) at summary_seq, then the tail
+                sseq = s["summary_seq"]
+                self.assertGreaterEqual(sseq, compacted.get(sid, 0), msg + ": compaction lost")
+                live = srv.all_events(sid, client=c)
+                if sseq:
+                    self.assertEqual((live[0]["seq"], live[0]["kind"], live[0]["content"]),
+                                     (sseq, "summary", "through %d" % sseq), msg)
+                    self.assertEqual(live[1:], ev[sseq:], msg)
+                else:
+                    self.assertEqual(live, ev, msg)
                 self.assertEqual(s["usage"]["tokens"], len(ev), msg + ": usage vs log")
                 ids = [e["content"]["id"] for e in ev]
                 self.assertEqual(len(set(ids)), len(ids), msg + ": duplicated event")

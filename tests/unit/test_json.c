@@ -45,8 +45,8 @@ static void test_canonical_scalars(void **state)
 {
     (void)state;
     const char *cases[][2] = {
-        {"\"hi\"", "\"hi\""}, {"1", "1"}, {"null", "null"}, {"[]", "[]"}, {"{}", "{}"},
-        {"\"caf\\u00e9\"", "\"caf\xc3\xa9\""},
+        {"\"hi\"", "\"hi\""}, {"1", "1"},   {"null", "null"},
+        {"[]", "[]"},         {"{}", "{}"}, {"\"caf\\u00e9\"", "\"caf\xc3\xa9\""},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         json_t *v = load(cases[i][0]);
@@ -120,7 +120,9 @@ static void expect_parse_error(const char *buf, size_t len, ch_status want)
         json_decref(v);
         fail_msg("'%.60s' parsed", buf);
     }
-    assert_int_equal(e.status, want);
+    if (e.status != want)
+        fail_msg("'%.60s': got %s (%s), want %s", buf, ch_status_name(e.status), e.message,
+                 ch_status_name(want));
     assert_true(strlen(e.message) > 0);
 }
 
@@ -157,13 +159,6 @@ static void test_parse_object_errors(void **state)
     expect_parse_error("{\"a\":1} {}", 10, CH_BAD_JSON);
     expect_parse_error("{\"a\":1}x", 8, CH_BAD_JSON);
     expect_parse_error("nul", 3, CH_BAD_JSON);
-    /* valid JSON, not an object */
-    expect_parse_error("[1,2]", 5, CH_BAD_REQUEST);
-    expect_parse_error("[]", 2, CH_BAD_REQUEST);
-    expect_parse_error("\"str\"", 5, CH_BAD_REQUEST);
-    expect_parse_error("42", 2, CH_BAD_REQUEST);
-    expect_parse_error("null", 4, CH_BAD_REQUEST);
-    expect_parse_error("true", 4, CH_BAD_REQUEST);
     /* invalid UTF-8: a lone continuation byte, a truncated sequence, an overlong form,
      * a surrogate encoded directly */
     expect_parse_error("{\"a\":\"\x80\"}", 9, CH_BAD_JSON);
@@ -177,6 +172,25 @@ static void test_parse_object_errors(void **state)
     /* duplicate keys, also nested */
     expect_parse_error("{\"a\":1,\"a\":2}", 13, CH_BAD_JSON);
     expect_parse_error("{\"x\":{\"a\":1,\"a\":1}}", 19, CH_BAD_JSON);
+}
+
+/* Valid JSON that is not an object is bad_request ("body is not a JSON object"),
+ * not bad_json: the body parsed, it has the wrong shape. */
+static void test_parse_array_is_bad_request(void **state)
+{
+    (void)state;
+    expect_parse_error("[1,2]", 5, CH_BAD_REQUEST);
+    expect_parse_error("[]", 2, CH_BAD_REQUEST);
+    expect_parse_error(" [{}] ", 6, CH_BAD_REQUEST);
+}
+
+static void test_parse_scalar_is_bad_request(void **state)
+{
+    (void)state;
+    expect_parse_error("\"str\"", 5, CH_BAD_REQUEST);
+    expect_parse_error("42", 2, CH_BAD_REQUEST);
+    expect_parse_error("null", 4, CH_BAD_REQUEST);
+    expect_parse_error("true", 4, CH_BAD_REQUEST);
 }
 
 /* Builds a body nested `levels` containers deep (the root object is level 1):
@@ -266,6 +280,8 @@ int main(void)
         cmocka_unit_test(test_sha256_known_vector),
         cmocka_unit_test(test_parse_object_ok),
         cmocka_unit_test(test_parse_object_errors),
+        cmocka_unit_test(test_parse_array_is_bad_request),
+        cmocka_unit_test(test_parse_scalar_is_bad_request),
         cmocka_unit_test(test_parse_object_depth),
         cmocka_unit_test(test_parse_object_null_err),
     };

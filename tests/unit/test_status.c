@@ -70,8 +70,8 @@ static void test_messages_distinct_and_non_empty(void **state)
 static void test_out_of_range_is_safe(void **state)
 {
     (void)state;
-    const ch_status bad[] = {CH__STATUS_COUNT, (ch_status)(CH__STATUS_COUNT + 1),
-                             (ch_status)1000, (ch_status)-1, (ch_status)0x7fffffff};
+    const ch_status bad[] = {CH__STATUS_COUNT, (ch_status)(CH__STATUS_COUNT + 1), (ch_status)1000,
+                             (ch_status)-1, (ch_status)0x7fffffff};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         const char *n = ch_status_name(bad[i]);
         const char *m = ch_strerror(bad[i]);

@@ -36,13 +36,31 @@ static void test_duration_rejects(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "",      "5",     "30",   "-1s",   "5x",    "1.5s",  "s",   "ms",
-        " 5s",   "5s ",   "5 s",  "+5s",   "5S",    "5MS",   "5sec", "5ss",
-        "0x10s", "1e3ms", "5w",   "5y",    "1h30m",
-        "9223372036854775808ms",             /* INT64_MAX + 1 */
-        "99999999999999999999999s",          /* beyond 64 bits */
-        "9223372036854775807s",              /* overflows after the multiply */
-        "106751991168d",                     /* first day count that overflows */
+        "",
+        "5",
+        "30",
+        "-1s",
+        "5x",
+        "1.5s",
+        "s",
+        "ms",
+        " 5s",
+        "5s ",
+        "5 s",
+        "+5s",
+        "5S",
+        "5MS",
+        "5sec",
+        "5ss",
+        "0x10s",
+        "1e3ms",
+        "5w",
+        "5y",
+        "1h30m",
+        "9223372036854775808ms",    /* INT64_MAX + 1 */
+        "99999999999999999999999s", /* beyond 64 bits */
+        "9223372036854775807s",     /* overflows after the multiply */
+        "106751991168d",            /* first day count that overflows */
         "18446744073709551615ms",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -62,11 +80,16 @@ static void test_size_ok(void **state)
         const char *text;
         uint64_t bytes;
     } cases[] = {
-        {"1MiB", 1048576},          {"512KiB", 524288},
-        {"1MB", 1000000},           {"2GiB", 2147483648ULL},
-        {"123", 123},               {"1048576", 1048576},
-        {"1KB", 1000},              {"3GB", 3000000000ULL},
-        {"0", 0},                   {"7B", 7},
+        {"1MiB", 1048576},
+        {"512KiB", 524288},
+        {"1MB", 1000000},
+        {"2GiB", 2147483648ULL},
+        {"123", 123},
+        {"1048576", 1048576},
+        {"1KB", 1000},
+        {"3GB", 3000000000ULL},
+        {"0", 0},
+        {"7B", 7},
         {"18446744073709551615", UINT64_MAX},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -81,11 +104,23 @@ static void test_size_rejects(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "",         "abc",   "MiB",     "-1",     "1.5MiB", "1 MiB", " 1",
-        "1mib",     "1Mib",  "1XB",     "1TiB",   "1MiBs",  "1k",    "+1",
-        "18446744073709551616",        /* UINT64_MAX + 1 */
-        "18446744073709551615KiB",     /* overflows after the multiply */
-        "17179869184GiB",              /* 2^34 GiB = 2^64 */
+        "",
+        "abc",
+        "MiB",
+        "-1",
+        "1.5MiB",
+        "1 MiB",
+        " 1",
+        "1mib",
+        "1Mib",
+        "1XB",
+        "1TiB",
+        "1MiBs",
+        "1k",
+        "+1",
+        "18446744073709551616",    /* UINT64_MAX + 1 */
+        "18446744073709551615KiB", /* overflows after the multiply */
+        "17179869184GiB",          /* 2^34 GiB = 2^64 */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint64_t b = 42;
@@ -109,9 +144,9 @@ static void test_time_format_known(void **state)
         {1, "1970-01-01T00:00:00.001Z"},
         {999, "1970-01-01T00:00:00.999Z"},
         {86400000, "1970-01-02T00:00:00.000Z"},
-        {951782400000LL, "2000-02-29T00:00:00.000Z"},     /* leap day */
+        {951782400000LL, "2000-02-29T00:00:00.000Z"}, /* leap day */
         {4102444799999LL, "2099-12-31T23:59:59.999Z"},
-        {-1, "1969-12-31T23:59:59.999Z"},                 /* before the epoch */
+        {-1, "1969-12-31T23:59:59.999Z"}, /* before the epoch */
         {-1000, "1969-12-31T23:59:59.000Z"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

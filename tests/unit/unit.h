@@ -34,8 +34,7 @@ static inline void unit_mkdtemp(char out[UNIT_PATH_MAX])
     assert_non_null(mkdtemp(out));
 }
 
-static inline int unit_rm_one(const char *path, const struct stat *sb, int flag,
-                              struct FTW *ftw)
+static inline int unit_rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb;
     (void)flag;

@@ -1,0 +1,1566 @@
+/*
+ * store_conformance.h — the conformance suite every storage backend must pass.
+ *
+ * It is written once against the vtable in include/charter/store.h and run for each
+ * backend by a small test program:
+ *
+ *     #include "store_conformance.h"
+ *     static const char *fresh_dir(void) { ... a data dir no other test uses ... }
+ *     int main(void) { return ch_store_conformance_run(&my_methods, fresh_dir); }
+ *
+ * fresh_dir returns the path of a data dir that no earlier test used and that need
+ * not exist yet (the writer's open must create it); the string must stay valid until
+ * the next call. Every test gets its own data dir and an open writer connection, so
+ * the tests are independent and may run in any order.
+ *
+ * Header-only (every function is static) so each backend's test program includes it
+ * without a library. cmocka's headers come first, as cmocka requires.
+ */
+#ifndef CHARTER_TESTS_STORE_CONFORMANCE_H
+#define CHARTER_TESTS_STORE_CONFORMANCE_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <setjmp.h> /* cmocka.h needs these three first */
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "charter.h"
+#include "charter/store.h"
+
+typedef struct conf_syncer {
+    struct ch_conformance *c;
+    pthread_t tid;
+    atomic_bool stop;
+    atomic_int calls;
+    atomic_int failed; /* the failing status, CH_OK if none */
+} conf_syncer;
+
+/* What each test receives as its state. */
+typedef struct ch_conformance {
+    const ch_store_methods *m;
+    const char *(*fresh_dir)(void);
+    char dir[1024];      /* this test's data dir */
+    ch_store *w;         /* the writer, opened by setup, closed by teardown */
+    ch_store *r[2];      /* readers a test opened (closed by teardown) */
+    conf_syncer *syncer; /* a running sync() thread (stopped by teardown) */
+} ch_conformance;
+
+/* ---- helpers ------------------------------------------------------------------- */
+
+/* Fails the test unless got == want, naming both statuses. */
+#define conf_status(got, want)                                                                     \
+    do {                                                                                           \
+        ch_status got_ = (got), want_ = (want);                                                    \
+        if (got_ != want_)                                                                         \
+            fail_msg("%s returned %s (%d), expected %s (%d)", #got, ch_strerror(got_), (int)got_,  \
+                     ch_strerror(want_), (int)want_);                                              \
+    } while (0)
+
+#define conf_ok(expr) conf_status((expr), CH_OK)
+
+static ch_conformance *conf_ctx(void **state)
+{
+    return (ch_conformance *)*state;
+}
+
+static ch_store *conf_open(ch_conformance *c, bool writer)
+{
+    ch_store *st = NULL;
+    ch_err e;
+    ch_err_clear(&e);
+    ch_status rc = c->m->open(c->dir, writer, &st, &e);
+    if (rc != CH_OK)
+        fail_msg("open(%s, writer=%d): %s", c->dir, (int)writer, e.message);
+    assert_non_null(st);
+    assert_ptr_equal(st->methods, c->m);
+    return st;
+}
+
+/* Opens reader slot i (0 or 1). */
+static ch_store *conf_reader(ch_conformance *c, int i)
+{
+    assert_null(c->r[i]);
+    c->r[i] = conf_open(c, false);
+    return c->r[i];
+}
+
+/* Closes the writer and opens a new one on the same data dir. */
+static void conf_reopen_writer(ch_conformance *c)
+{
+    c->m->close(c->w);
+    c->w = NULL;
+    c->w = conf_open(c, true);
+}
+
+static void conf_begin(ch_conformance *c)
+{
+    conf_ok(c->m->begin(c->w));
+}
+
+static void conf_commit(ch_conformance *c)
+{
+    conf_ok(c->m->commit(c->w));
+}
+
+/* The id of test session n: same length for every n, so id order is n order. */
+static void conf_id(int n, char out[CH_ID_MAX])
+{
+    snprintf(out, CH_ID_MAX, "sess_%026d", n);
+}
+
+/* Fills r (zeroed or cleared) as session n of tenant. */
+static void conf_fill(ch_session_rec *r, const char *tenant, int n, const char *user,
+                      const char *mandate, ch_session_state state, int64_t updated_at)
+{
+    conf_id(n, r->id);
+    snprintf(r->tenant, sizeof(r->tenant), "%s", tenant);
+    snprintf(r->user, sizeof(r->user), "%s", user);
+    snprintf(r->agent, sizeof(r->agent), "agent-%d", n);
+    snprintf(r->mandate, sizeof(r->mandate), "%s", mandate);
+    r->labels = strdup("{\"n\":\"x\"}");
+    assert_non_null(r->labels);
+    r->state = state;
+    r->created_at = 1000 + n;
+    r->updated_at = updated_at;
+}
+
+/* Inserts session n (in the writer's open transaction) and returns its sid. */
+static int64_t conf_insert(ch_conformance *c, const char *tenant, int n, const char *user,
+                           const char *mandate, ch_session_state state, int64_t updated_at)
+{
+    ch_session_rec r = {0};
+    conf_fill(&r, tenant, n, user, mandate, state, updated_at);
+    conf_ok(c->m->session_insert(c->w, &r));
+    int64_t sid = r.sid;
+    ch_session_rec_clear(&r);
+    return sid;
+}
+
+/* The usual case: session n of tenant "t1", open, with events and facts to come. */
+static int64_t conf_insert_simple(ch_conformance *c, int n)
+{
+    return conf_insert(c, "t1", n, "alice", "", CH_SESSION_OPEN, 5000 + n);
+}
+
+static void conf_event(ch_conformance *c, int64_t sid, int64_t seq, const char *body)
+{
+    ch_event_rec ev = {.seq = seq, .at = 100000 + seq, .body = body, .len = strlen(body)};
+    conf_ok(c->m->event_insert(c->w, sid, &ev));
+}
+
+/* The body event n of a test session carries. */
+static const char *conf_body(int64_t sid, int64_t seq, char out[64])
+{
+    snprintf(out, 64, "{\"kind\":\"message\",\"sid\":%lld,\"seq\":%lld}", (long long)sid,
+             (long long)seq);
+    return out;
+}
+
+/* Inserts events first..last of sid with conf_body bodies. */
+static void conf_events(ch_conformance *c, int64_t sid, int64_t first, int64_t last)
+{
+    char body[64];
+    for (int64_t s = first; s <= last; s++)
+        conf_event(c, sid, s, conf_body(sid, s, body));
+}
+
+/* ---- collectors (callbacks copy what they need: pointers die after the call) ---- */
+
+#define CONF_MAX 64
+
+typedef struct conf_sessions {
+    int n;
+    int stop_after; /* return non-zero once n reaches it; 0: never */
+    int calls;
+    char ids[CONF_MAX][CH_ID_MAX];
+    ch_session_rec recs[CONF_MAX]; /* full copies (labels/budget duplicated) */
+} conf_sessions;
+
+static int conf_session_cb(void *arg, const ch_session_rec *s)
+{
+    conf_sessions *cs = arg;
+    cs->calls++;
+    if (cs->n < CONF_MAX) {
+        ch_session_rec *r = &cs->recs[cs->n];
+        *r = *s;
+        r->labels = s->labels ? strdup(s->labels) : NULL;
+        r->budget = s->budget ? strdup(s->budget) : NULL;
+        snprintf(cs->ids[cs->n], CH_ID_MAX, "%s", s->id);
+        cs->n++;
+    }
+    return cs->stop_after > 0 && cs->n >= cs->stop_after;
+}
+
+static void conf_sessions_clear(conf_sessions *cs)
+{
+    for (int i = 0; i < cs->n && i < CONF_MAX; i++)
+        ch_session_rec_clear(&cs->recs[i]);
+    memset(cs, 0, sizeof(*cs));
+}
+
+/* Checks that cs holds exactly the sessions numbered ns[0..count) in that order. */
+static void conf_expect_ids(const conf_sessions *cs, const int *ns, int count)
+{
+    char id[CH_ID_MAX];
+    if (cs->n != count)
+        fail_msg("scan returned %d sessions, expected %d", cs->n, count);
+    for (int i = 0; i < count; i++) {
+        conf_id(ns[i], id);
+        assert_string_equal(cs->ids[i], id);
+    }
+}
+
+/* Lists tenant's sessions through r into cs (cleared first). state -1: any. */
+static void conf_list(ch_conformance *c, ch_store *r, conf_sessions *cs, const char *tenant,
+                      const char *user, int state, const char *mandate, const char *after_id,
+                      int limit)
+{
+    ch_session_filter f = {
+        .user = user, .state = state, .mandate = mandate, .after_id = after_id, .limit = limit};
+    conf_sessions_clear(cs);
+    conf_ok(c->m->session_list(r, tenant, &f, conf_session_cb, cs));
+}
+
+typedef struct conf_events_seen {
+    int n;
+    int stop_after;
+    int64_t seq[CONF_MAX];
+    int64_t at[CONF_MAX];
+    char *body[CONF_MAX]; /* malloc'd copies, len bytes + NUL */
+    size_t len[CONF_MAX];
+} conf_events_seen;
+
+static int conf_event_cb(void *arg, const ch_event_rec *ev)
+{
+    conf_events_seen *es = arg;
+    if (es->n < CONF_MAX) {
+        es->seq[es->n] = ev->seq;
+        es->at[es->n] = ev->at;
+        es->len[es->n] = ev->len;
+        es->body[es->n] = malloc(ev->len + 1);
+        if (es->body[es->n] != NULL) {
+            memcpy(es->body[es->n], ev->body, ev->len);
+            es->body[es->n][ev->len] = '\0';
+        }
+        es->n++;
+    }
+    return es->stop_after > 0 && es->n >= es->stop_after;
+}
+
+static void conf_events_clear(conf_events_seen *es)
+{
+    for (int i = 0; i < es->n && i < CONF_MAX; i++)
+        free(es->body[i]);
+    memset(es, 0, sizeof(*es));
+}
+
+/* Lists events of sid and checks their seqs are exactly seqs[0..count). */
+static void conf_expect_events(ch_conformance *c, ch_store *st, int64_t sid, int64_t after,
+                               int limit, int64_t archived, const int64_t *seqs, int count)
+{
+    conf_events_seen es = {0};
+    conf_ok(c->m->event_list(st, sid, after, limit, archived, conf_event_cb, &es));
+    if (es.n != count) {
+        int n = es.n;
+        conf_events_clear(&es);
+        fail_msg("event_list(after=%lld, limit=%d, archived=%lld) gave %d events, expected %d",
+                 (long long)after, limit, (long long)archived, n, count);
+    }
+    for (int i = 0; i < count; i++) {
+        if (es.seq[i] != seqs[i]) {
+            int64_t got = es.seq[i];
+            conf_events_clear(&es);
+            fail_msg("event %d has seq %lld, expected %lld", i, (long long)got, (long long)seqs[i]);
+        }
+    }
+    conf_events_clear(&es);
+}
+
+typedef struct conf_facts_seen {
+    int n;
+    int stop_after;
+    char key[CONF_MAX][300];
+    char *value[CONF_MAX]; /* malloc'd copies */
+    size_t len[CONF_MAX];
+    int64_t updated_at[CONF_MAX];
+} conf_facts_seen;
+
+static int conf_fact_cb(void *arg, const char *key, const char *value, size_t value_len,
+                        int64_t updated_at)
+{
+    conf_facts_seen *fs = arg;
+    if (fs->n < CONF_MAX) {
+        snprintf(fs->key[fs->n], sizeof(fs->key[0]), "%s", key);
+        fs->value[fs->n] = malloc(value_len + 1);
+        if (fs->value[fs->n] != NULL) {
+            memcpy(fs->value[fs->n], value, value_len);
+            fs->value[fs->n][value_len] = '\0';
+        }
+        fs->len[fs->n] = value_len;
+        fs->updated_at[fs->n] = updated_at;
+        fs->n++;
+    }
+    return fs->stop_after > 0 && fs->n >= fs->stop_after;
+}
+
+static void conf_facts_clear(conf_facts_seen *fs)
+{
+    for (int i = 0; i < fs->n && i < CONF_MAX; i++)
+        free(fs->value[i]);
+    memset(fs, 0, sizeof(*fs));
+}
+
+/* fact_get of sid/key must give exactly value (and updated_at when >= 0). */
+static void conf_expect_fact(ch_conformance *c, ch_store *st, int64_t sid, const char *key,
+                             const char *value, int64_t updated_at)
+{
+    conf_facts_seen fs = {0};
+    conf_ok(c->m->fact_get(st, sid, key, conf_fact_cb, &fs));
+    assert_int_equal(fs.n, 1);
+    assert_string_equal(fs.key[0], key);
+    assert_int_equal(fs.len[0], strlen(value));
+    assert_string_equal(fs.value[0], value);
+    if (updated_at >= 0)
+        assert_int_equal(fs.updated_at[0], updated_at);
+    conf_facts_clear(&fs);
+}
+
+static void conf_expect_no_fact(ch_conformance *c, ch_store *st, int64_t sid, const char *key)
+{
+    conf_facts_seen fs = {0};
+    conf_status(c->m->fact_get(st, sid, key, conf_fact_cb, &fs), CH_NOT_FOUND);
+    assert_int_equal(fs.n, 0); /* no callback for a missing fact */
+    conf_facts_clear(&fs);
+}
+
+/* session_get of (tenant, id n) must succeed; the record goes to out (cleared). */
+static void conf_get(ch_conformance *c, ch_store *st, const char *tenant, int n,
+                     ch_session_rec *out)
+{
+    char id[CH_ID_MAX];
+    conf_id(n, id);
+    ch_session_rec_clear(out);
+    conf_ok(c->m->session_get(st, tenant, id, out));
+}
+
+static void conf_expect_no_session(ch_conformance *c, ch_store *st, const char *tenant, int n)
+{
+    char id[CH_ID_MAX];
+    ch_session_rec r = {0};
+    conf_id(n, id);
+    conf_status(c->m->session_get(st, tenant, id, &r), CH_NOT_FOUND);
+    ch_session_rec_clear(&r);
+}
+
+static int64_t conf_key_count(ch_conformance *c, ch_store *st)
+{
+    int64_t n = -1;
+    conf_ok(c->m->key_count(st, &n));
+    return n;
+}
+
+/* ---- setup / teardown ------------------------------------------------------------ */
+
+static int conf_setup(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    const char *dir = c->fresh_dir();
+    if (dir == NULL || strlen(dir) >= sizeof(c->dir))
+        return -1;
+    snprintf(c->dir, sizeof(c->dir), "%s", dir);
+    c->w = NULL;
+    c->r[0] = c->r[1] = NULL;
+    c->syncer = NULL;
+    ch_err e;
+    ch_err_clear(&e);
+    if (c->m->open(c->dir, true, &c->w, &e) != CH_OK) {
+        print_error("open(%s, writer): %s\n", c->dir, e.message);
+        return -1;
+    }
+    return 0;
+}
+
+static int conf_teardown(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    if (c->syncer != NULL) {
+        atomic_store(&c->syncer->stop, true);
+        pthread_join(c->syncer->tid, NULL);
+        c->syncer = NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (c->r[i] != NULL)
+            c->m->close(c->r[i]);
+        c->r[i] = NULL;
+    }
+    if (c->w != NULL)
+        c->m->close(c->w);
+    c->w = NULL;
+    return 0;
+}
+
+/* ---- the tests ------------------------------------------------------------------- */
+
+/* Every method of every version the table claims is present. */
+static void conf_table_complete(void **state)
+{
+    const ch_store_methods *m = conf_ctx(state)->m;
+    assert_true(m->version >= 1);
+    assert_non_null(m->name);
+    assert_true(strlen(m->name) > 0);
+    /* version 1 */
+    assert_non_null(m->open);
+    assert_non_null(m->close);
+    assert_non_null(m->begin);
+    assert_non_null(m->commit);
+    assert_non_null(m->sync);
+    assert_non_null(m->rollback);
+    assert_non_null(m->savepoint);
+    assert_non_null(m->release);
+    assert_non_null(m->read_begin);
+    assert_non_null(m->read_end);
+    assert_non_null(m->key_put);
+    assert_non_null(m->key_get);
+    assert_non_null(m->key_count);
+    assert_non_null(m->session_insert);
+    assert_non_null(m->session_get);
+    assert_non_null(m->session_update);
+    assert_non_null(m->session_delete);
+    assert_non_null(m->session_list);
+    assert_non_null(m->session_due);
+    assert_non_null(m->event_insert);
+    assert_non_null(m->event_list);
+    assert_non_null(m->event_archive);
+    assert_non_null(m->fact_put);
+    assert_non_null(m->fact_get);
+    assert_non_null(m->fact_delete);
+    assert_non_null(m->fact_list);
+}
+
+/* The writer's open created the data dir and the schema: a reader opened after it
+ * can run every read on the empty store. */
+static void conf_open_creates_schema(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    struct stat sb;
+    assert_int_equal(stat(c->dir, &sb), 0);
+    assert_true(S_ISDIR(sb.st_mode));
+
+    ch_store *r = conf_reader(c, 0);
+    uint8_t hash[32] = {1};
+    char tenant[CH_TENANT_MAX] = "";
+    conf_sessions cs = {0};
+    ch_session_filter f = {.state = -1, .limit = 100};
+
+    assert_int_equal(conf_key_count(c, r), 0);
+    conf_status(c->m->key_get(r, hash, tenant), CH_NOT_FOUND);
+    conf_expect_no_session(c, r, "t1", 1);
+    conf_ok(c->m->session_list(r, "t1", &f, conf_session_cb, &cs));
+    conf_ok(c->m->session_due(r, CH_SESSION_OPEN, INT64_MAX, 100, conf_session_cb, &cs));
+    assert_int_equal(cs.calls, 0);
+    conf_expect_events(c, r, 1, 0, 100, -1, NULL, 0);
+    conf_expect_events(c, r, 1, 0, 100, 0, NULL, 0);
+    conf_facts_seen fs = {0};
+    conf_ok(c->m->fact_list(r, 1, conf_fact_cb, &fs));
+    assert_int_equal(fs.n, 0);
+    conf_expect_no_fact(c, r, 1, "k");
+
+    /* Opening a writer on an existing data dir keeps working (schema is idempotent). */
+    conf_reopen_writer(c);
+    assert_int_equal(conf_key_count(c, c->w), 0);
+}
+
+/* commit() then sync() makes the work durable: it survives closing every connection. */
+static void conf_commit_durable(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    uint8_t hash[32];
+    memset(hash, 0xab, sizeof(hash));
+
+    conf_begin(c);
+    conf_ok(c->m->key_put(c->w, hash, "t1", 77));
+    int64_t sid = conf_insert_simple(c, 1);
+    conf_events(c, sid, 1, 3);
+    conf_ok(c->m->fact_put(c->w, sid, "k", "\"v\"", 99));
+    conf_commit(c);
+    conf_ok(c->m->sync(c->w));
+
+    c->m->close(c->w);
+    c->w = NULL;
+    c->w = conf_open(c, true);
+    ch_store *r = conf_reader(c, 0);
+
+    char tenant[CH_TENANT_MAX] = "";
+    conf_ok(c->m->key_get(r, hash, tenant));
+    assert_string_equal(tenant, "t1");
+    ch_session_rec s = {0};
+    conf_get(c, r, "t1", 1, &s);
+    assert_int_equal(s.sid, sid);
+    ch_session_rec_clear(&s);
+    int64_t seqs[] = {1, 2, 3};
+    conf_expect_events(c, r, sid, 0, 100, -1, seqs, 3);
+    conf_expect_fact(c, r, sid, "k", "\"v\"", 99);
+}
+
+/* sync() with nothing to make durable succeeds; so does sync() after a rollback. */
+static void conf_sync_idle(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_ok(c->m->sync(c->w));
+    conf_ok(c->m->sync(c->w));
+    conf_begin(c);
+    conf_insert_simple(c, 1);
+    conf_ok(c->m->rollback(c->w));
+    conf_ok(c->m->sync(c->w));
+}
+
+static void *conf_syncer_main(void *arg)
+{
+    conf_syncer *sy = arg;
+    while (!atomic_load(&sy->stop)) {
+        ch_status st = sy->c->m->sync(sy->c->w);
+        if (st != CH_OK) {
+            atomic_store(&sy->failed, (int)st);
+            break;
+        }
+        atomic_fetch_add(&sy->calls, 1);
+    }
+    return NULL;
+}
+
+/* sync() runs on another thread while the writer keeps committing on the same
+ * connection (libcharter's syncer overlaps the fsync of one batch with the next). */
+static void conf_sync_concurrent(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    enum { N = 40 };
+    static conf_syncer sy;
+    conf_sessions cs = {0};
+
+    sy.c = c;
+    atomic_init(&sy.stop, false);
+    atomic_init(&sy.calls, 0);
+    atomic_init(&sy.failed, CH_OK);
+    assert_int_equal(pthread_create(&sy.tid, NULL, conf_syncer_main, &sy), 0);
+    c->syncer = &sy; /* so teardown stops it if an assertion fails below */
+    for (int i = 1; i <= N; i++) {
+        conf_begin(c);
+        conf_ok(c->m->savepoint(c->w));
+        int64_t sid = conf_insert_simple(c, i);
+        conf_events(c, sid, 1, 3);
+        conf_ok(c->m->release(c->w, true));
+        conf_commit(c);
+    }
+    /* Make sure the syncer really ran (a late thread start could miss the loop). */
+    while (atomic_load(&sy.calls) < 2 && atomic_load(&sy.failed) == CH_OK)
+        ;
+    c->syncer = NULL;
+    atomic_store(&sy.stop, true);
+    assert_int_equal(pthread_join(sy.tid, NULL), 0);
+    conf_status((ch_status)atomic_load(&sy.failed), CH_OK);
+
+    /* A sync() that begins after the last commit makes all of it durable. */
+    conf_ok(c->m->sync(c->w));
+    conf_reopen_writer(c);
+    ch_store *r = conf_reader(c, 0);
+    conf_list(c, r, &cs, "t1", NULL, -1, NULL, NULL, 1000);
+    assert_int_equal(cs.n, N);
+    for (int i = 0; i < N; i++)
+        conf_expect_events(c, r, cs.recs[i].sid, 0, 100, -1, (int64_t[]){1, 2, 3}, 3);
+    conf_sessions_clear(&cs);
+}
+
+/* rollback() discards the whole transaction, and the writer can begin again. */
+static void conf_rollback_discards(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    uint8_t hash[32] = {7};
+
+    conf_begin(c);
+    conf_ok(c->m->key_put(c->w, hash, "t1", 1));
+    int64_t sid = conf_insert_simple(c, 1);
+    conf_events(c, sid, 1, 2);
+    conf_ok(c->m->fact_put(c->w, sid, "k", "1", 1));
+    conf_ok(c->m->rollback(c->w));
+
+    ch_store *r = conf_reader(c, 0);
+    assert_int_equal(conf_key_count(c, r), 0);
+    conf_expect_no_session(c, r, "t1", 1);
+    conf_expect_events(c, r, sid, 0, 100, -1, NULL, 0);
+    conf_expect_no_fact(c, r, sid, "k");
+
+    conf_begin(c);
+    conf_insert_simple(c, 2);
+    conf_commit(c);
+    ch_session_rec s = {0};
+    conf_get(c, r, "t1", 2, &s);
+    ch_session_rec_clear(&s);
+}
+
+/* release(keep=false) undoes exactly the savepoint's work; what the transaction did
+ * before the savepoint, and what later savepoints keep, is committed. This is what
+ * lets one failing request of a group commit fail alone. */
+static void conf_savepoint_undo(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    ch_session_rec s = {0};
+
+    conf_begin(c);
+    int64_t sid1 = conf_insert_simple(c, 1);
+    conf_events(c, sid1, 1, 2);
+    conf_ok(c->m->fact_put(c->w, sid1, "k", "\"before\"", 10));
+
+    conf_ok(c->m->savepoint(c->w)); /* a request that fails */
+    conf_insert_simple(c, 2);
+    conf_events(c, sid1, 3, 4);
+    conf_ok(c->m->fact_put(c->w, sid1, "k", "\"during\"", 20));
+    conf_ok(c->m->fact_put(c->w, sid1, "k2", "2", 20));
+    conf_get(c, c->w, "t1", 1, &s);
+    s.seq = 4;
+    s.usage_tokens = 123;
+    s.state = CH_SESSION_ACTIVE;
+    conf_ok(c->m->session_update(c->w, &s));
+    conf_ok(c->m->release(c->w, false));
+
+    conf_ok(c->m->savepoint(c->w)); /* a request that succeeds */
+    conf_insert_simple(c, 3);
+    conf_ok(c->m->release(c->w, true));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_get(c, r, "t1", 1, &s);
+    assert_int_equal(s.seq, 0);
+    assert_int_equal(s.usage_tokens, 0);
+    assert_int_equal(s.state, CH_SESSION_OPEN);
+    conf_expect_no_session(c, r, "t1", 2);
+    conf_get(c, r, "t1", 3, &s);
+    ch_session_rec_clear(&s);
+    int64_t seqs[] = {1, 2};
+    conf_expect_events(c, r, sid1, 0, 100, -1, seqs, 2);
+    conf_expect_fact(c, r, sid1, "k", "\"before\"", 10);
+    conf_expect_no_fact(c, r, sid1, "k2");
+}
+
+/* release(keep=true) keeps the savepoint's work in the transaction. */
+static void conf_savepoint_keep(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    ch_session_rec s = {0};
+
+    conf_begin(c);
+    conf_ok(c->m->savepoint(c->w));
+    int64_t sid = conf_insert_simple(c, 1);
+    conf_events(c, sid, 1, 1);
+    conf_ok(c->m->fact_put(c->w, sid, "k", "true", 5));
+    conf_ok(c->m->release(c->w, true));
+    conf_ok(c->m->savepoint(c->w));
+    conf_events(c, sid, 2, 2);
+    conf_ok(c->m->release(c->w, true));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_get(c, r, "t1", 1, &s);
+    ch_session_rec_clear(&s);
+    int64_t seqs[] = {1, 2};
+    conf_expect_events(c, r, sid, 0, 100, -1, seqs, 2);
+    conf_expect_fact(c, r, sid, "k", "true", 5);
+}
+
+/* release() ends the innermost savepoint. */
+static void conf_savepoint_nested(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    ch_session_rec s = {0};
+
+    conf_begin(c);
+    conf_ok(c->m->savepoint(c->w));
+    conf_insert_simple(c, 1);
+    conf_ok(c->m->savepoint(c->w));
+    conf_insert_simple(c, 2);
+    conf_ok(c->m->release(c->w, false)); /* undoes 2 only */
+    conf_insert_simple(c, 3);
+    conf_ok(c->m->release(c->w, true)); /* keeps 1 and 3 */
+    conf_ok(c->m->savepoint(c->w));
+    conf_insert_simple(c, 4);
+    conf_ok(c->m->savepoint(c->w));
+    conf_insert_simple(c, 5);
+    conf_ok(c->m->release(c->w, true));
+    conf_ok(c->m->release(c->w, false)); /* undoes 4 and 5 */
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_get(c, r, "t1", 1, &s);
+    conf_get(c, r, "t1", 3, &s);
+    ch_session_rec_clear(&s);
+    conf_expect_no_session(c, r, "t1", 2);
+    conf_expect_no_session(c, r, "t1", 4);
+    conf_expect_no_session(c, r, "t1", 5);
+}
+
+/* A request whose storage call failed (a unique conflict here) is undone by
+ * release(keep=false) and the transaction still commits the rest. */
+static void conf_savepoint_after_failure(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    char body[64];
+    ch_session_rec s = {0};
+
+    conf_begin(c);
+    int64_t sid = conf_insert_simple(c, 1);
+    conf_events(c, sid, 1, 1);
+    conf_ok(c->m->savepoint(c->w));
+    conf_events(c, sid, 2, 2);
+    ch_event_rec dup = {.seq = 1, .at = 1, .body = "{}", .len = 2};
+    conf_status(c->m->event_insert(c->w, sid, &dup), CH_EXISTS);
+    conf_ok(c->m->release(c->w, false));
+    conf_ok(c->m->savepoint(c->w));
+    conf_event(c, sid, 2, conf_body(sid, 2, body));
+    conf_ok(c->m->release(c->w, true));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_get(c, r, "t1", 1, &s);
+    ch_session_rec_clear(&s);
+    int64_t seqs[] = {1, 2};
+    conf_expect_events(c, r, sid, 0, 100, -1, seqs, 2);
+}
+
+/* Inside its transaction the writer reads its own uncommitted work (every request
+ * of a group commit builds on the ones before it). */
+static void conf_writer_sees_own_work(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    ch_session_rec s = {0};
+
+    conf_begin(c);
+    int64_t sid = conf_insert_simple(c, 1);
+    conf_ok(c->m->savepoint(c->w));
+    conf_events(c, sid, 1, 2);
+    conf_ok(c->m->fact_put(c->w, sid, "k", "1", 1));
+    conf_ok(c->m->release(c->w, true));
+    conf_get(c, c->w, "t1", 1, &s);
+    assert_int_equal(s.sid, sid);
+    ch_session_rec_clear(&s);
+    int64_t seqs[] = {1, 2};
+    conf_expect_events(c, c->w, sid, 0, 100, -1, seqs, 2);
+    conf_expect_fact(c, c->w, sid, "k", "1", 1);
+    conf_commit(c);
+}
+
+/* A reader never sees uncommitted work, and sees it once committed. A reader opened
+ * while the writer is inside a transaction works too (the pool grows at any time). */
+static void conf_reader_isolation(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    ch_store *r0 = conf_reader(c, 0);
+    ch_session_rec s = {0};
+    uint8_t hash[32] = {3};
+    char tenant[CH_TENANT_MAX] = "";
+
+    conf_begin(c);
+    conf_ok(c->m->key_put(c->w, hash, "t1", 1));
+    int64_t sid = conf_insert_simple(c, 1);
+    conf_events(c, sid, 1, 2);
+    conf_ok(c->m->fact_put(c->w, sid, "k", "1", 1));
+
+    ch_store *r1 = conf_reader(c, 1);
+    for (int i = 0; i < 2; i++) {
+        ch_store *r = i == 0 ? r0 : r1;
+        conf_expect_no_session(c, r, "t1", 1);
+        assert_int_equal(conf_key_count(c, r), 0);
+        conf_status(c->m->key_get(r, hash, tenant), CH_NOT_FOUND);
+        conf_expect_events(c, r, sid, 0, 100, -1, NULL, 0);
+        conf_expect_no_fact(c, r, sid, "k");
+    }
+    conf_commit(c);
+
+    int64_t seqs[] = {1, 2};
+    for (int i = 0; i < 2; i++) {
+        ch_store *r = i == 0 ? r0 : r1;
+        conf_get(c, r, "t1", 1, &s);
+        assert_int_equal(conf_key_count(c, r), 1);
+        conf_ok(c->m->key_get(r, hash, tenant));
+        assert_string_equal(tenant, "t1");
+        conf_expect_events(c, r, sid, 0, 100, -1, seqs, 2);
+        conf_expect_fact(c, r, sid, "k", "1", 1);
+    }
+    ch_session_rec_clear(&s);
+}
+
+/* read_begin()/read_end() give one snapshot: a commit that lands between two reads
+ * inside it is not seen; after read_end() it is. */
+static void conf_read_snapshot(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    ch_session_rec s = {0};
+    int64_t one[] = {1}, two[] = {1, 2};
+
+    conf_begin(c);
+    int64_t sid = conf_insert_simple(c, 1);
+    conf_events(c, sid, 1, 1);
+    conf_ok(c->m->fact_put(c->w, sid, "k", "\"old\"", 1));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_ok(c->m->read_begin(r));
+    conf_get(c, r, "t1", 1, &s);
+    assert_int_equal(s.usage_tokens, 0);
+    conf_expect_events(c, r, sid, 0, 100, -1, one, 1);
+
+    conf_begin(c);
+    ch_session_rec u = {0};
+    conf_get(c, c->w, "t1", 1, &u);
+    u.usage_tokens = 42;
+    u.seq = 2;
+    conf_ok(c->m->session_update(c->w, &u));
+    ch_session_rec_clear(&u);
+    conf_events(c, sid, 2, 2);
+    conf_ok(c->m->fact_put(c->w, sid, "k", "\"new\"", 2));
+    conf_insert_simple(c, 2);
+    conf_commit(c);
+
+    conf_get(c, r, "t1", 1, &s);
+    assert_int_equal(s.usage_tokens, 0);
+    assert_int_equal(s.seq, 0);
+    conf_expect_events(c, r, sid, 0, 100, -1, one, 1);
+    conf_expect_fact(c, r, sid, "k", "\"old\"", 1);
+    conf_expect_no_session(c, r, "t1", 2);
+    c->m->read_end(r);
+
+    conf_get(c, r, "t1", 1, &s);
+    assert_int_equal(s.usage_tokens, 42);
+    conf_expect_events(c, r, sid, 0, 100, -1, two, 2);
+    conf_expect_fact(c, r, sid, "k", "\"new\"", 2);
+    conf_get(c, r, "t1", 2, &s);
+
+    /* A new snapshot starts at read_begin. */
+    conf_ok(c->m->read_begin(r));
+    conf_get(c, r, "t1", 1, &s);
+    assert_int_equal(s.usage_tokens, 42);
+    c->m->read_end(r);
+    ch_session_rec_clear(&s);
+}
+
+/* API keys: put/get/count; unknown is CH_NOT_FOUND; a duplicate hash is CH_EXISTS. */
+static void conf_keys(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    uint8_t h1[32], h2[32], h3[32];
+    char tenant[CH_TENANT_MAX] = "";
+    char long_tenant[CH_TENANT_MAX];
+
+    memset(h1, 0x11, sizeof(h1));
+    memset(h2, 0x22, sizeof(h2));
+    memset(h3, 0x11, sizeof(h3));
+    h3[31] = 0x12; /* differs from h1 in the last byte only */
+    memset(long_tenant, 'z', CH_TENANT_MAX - 1);
+    long_tenant[CH_TENANT_MAX - 1] = '\0';
+
+    conf_begin(c);
+    conf_ok(c->m->key_put(c->w, h1, "acme", 1));
+    conf_ok(c->m->key_put(c->w, h2, "acme", 2)); /* a second key for one tenant */
+    conf_ok(c->m->key_put(c->w, h3, long_tenant, 3));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_ok(c->m->key_get(r, h1, tenant));
+    assert_string_equal(tenant, "acme");
+    conf_ok(c->m->key_get(r, h2, tenant));
+    assert_string_equal(tenant, "acme");
+    conf_ok(c->m->key_get(r, h3, tenant));
+    assert_string_equal(tenant, long_tenant);
+    assert_int_equal(conf_key_count(c, r), 3);
+
+    uint8_t unknown[32] = {0};
+    conf_status(c->m->key_get(r, unknown, tenant), CH_NOT_FOUND);
+
+    conf_begin(c);
+    conf_ok(c->m->savepoint(c->w));
+    conf_status(c->m->key_put(c->w, h1, "other", 4), CH_EXISTS);
+    conf_ok(c->m->release(c->w, false));
+    conf_commit(c);
+    conf_ok(c->m->key_get(r, h1, tenant));
+    assert_string_equal(tenant, "acme");
+    assert_int_equal(conf_key_count(c, r), 3);
+}
+
+/* Compares every field of two session records. */
+static void conf_expect_same(const ch_session_rec *a, const ch_session_rec *b)
+{
+    assert_int_equal(a->sid, b->sid);
+    assert_string_equal(a->id, b->id);
+    assert_string_equal(a->tenant, b->tenant);
+    assert_string_equal(a->user, b->user);
+    assert_string_equal(a->agent, b->agent);
+    assert_string_equal(a->mandate, b->mandate);
+    assert_non_null(a->labels);
+    assert_non_null(b->labels);
+    assert_string_equal(a->labels, b->labels);
+    if (a->budget == NULL || b->budget == NULL)
+        assert_ptr_equal(a->budget, b->budget);
+    else
+        assert_string_equal(a->budget, b->budget);
+    assert_int_equal(a->usage_tokens, b->usage_tokens);
+    assert_true(a->usage_cost_usd == b->usage_cost_usd);
+    assert_int_equal(a->usage_tool_calls, b->usage_tool_calls);
+    assert_int_equal(a->state, b->state);
+    assert_int_equal(a->seq, b->seq);
+    assert_int_equal(a->summary_seq, b->summary_seq);
+    assert_int_equal(a->created_at, b->created_at);
+    assert_int_equal(a->updated_at, b->updated_at);
+}
+
+/* session_insert sets sid; session_get finds a session by (tenant, id) only. */
+static void conf_session_insert_get(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    ch_session_rec in = {0}, out = {0}, plain = {0};
+    char id[CH_ID_MAX];
+
+    /* Every string at its maximum length, non-ASCII text included. */
+    conf_id(1, in.id);
+    memset(in.tenant, 't', CH_TENANT_MAX - 1);
+    memset(in.user, 'u', CH_NAME_MAX - 1);
+    memset(in.agent, 'a', CH_NAME_MAX - 1);
+    memcpy(in.agent, "\xc3\xa9l\xc3\xa8ve", 7);
+    memset(in.mandate, 'm', CH_NAME_MAX - 1);
+    in.labels = strdup("{\"env\":\"prod\",\"team\":\"\xe6\x97\xa5\xe6\x9c\xac\"}");
+    in.budget = strdup("{\"cost_usd\":12.5,\"tokens\":1000000}");
+    assert_non_null(in.labels);
+    assert_non_null(in.budget);
+    in.usage_tokens = 1000000000000LL;
+    in.usage_cost_usd = 0.1;
+    in.usage_tool_calls = 3;
+    in.state = CH_SESSION_PAUSED;
+    in.seq = 9;
+    in.summary_seq = 4;
+    in.created_at = 1700000000123LL;
+    in.updated_at = INT64_MAX;
+
+    /* labels NULL is stored as the empty object; budget NULL stays NULL. */
+    conf_fill(&plain, "t2", 2, "bob", "", CH_SESSION_OPEN, 1);
+    free(plain.labels);
+    plain.labels = NULL;
+
+    conf_begin(c);
+    in.sid = -1;
+    conf_ok(c->m->session_insert(c->w, &in));
+    plain.sid = -1;
+    conf_ok(c->m->session_insert(c->w, &plain));
+    conf_commit(c);
+    assert_true(in.sid != -1);
+    assert_true(plain.sid != -1);
+    assert_true(in.sid != plain.sid);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_ok(c->m->session_get(r, in.tenant, in.id, &out));
+    conf_expect_same(&out, &in);
+
+    ch_session_rec_clear(&out);
+    conf_get(c, r, "t2", 2, &out);
+    assert_int_equal(out.sid, plain.sid);
+    assert_non_null(out.labels);
+    assert_string_equal(out.labels, "{}");
+    assert_null(out.budget);
+    assert_string_equal(out.mandate, "");
+    assert_int_equal(out.state, CH_SESSION_OPEN);
+    ch_session_rec_clear(&out);
+
+    /* The wrong tenant, an unknown id, and a prefix of a real id are not found. */
+    conf_status(c->m->session_get(r, "t2", in.id, &out), CH_NOT_FOUND);
+    conf_expect_no_session(c, r, in.tenant, 2);
+    conf_expect_no_session(c, r, "t2", 3);
+    snprintf(id, sizeof(id), "%.10s", in.id);
+    conf_status(c->m->session_get(r, in.tenant, id, &out), CH_NOT_FOUND);
+    ch_session_rec_clear(&out);
+    ch_session_rec_clear(&in);
+    ch_session_rec_clear(&plain);
+}
+
+/* session_update stores every mutable field; what it reads back is what was written. */
+static void conf_session_update(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    ch_session_rec s = {0}, out = {0};
+    static const double costs[] = {0.0, 0.1, 3.141592653589793, 1e-9, 999999999.99};
+
+    conf_begin(c);
+    int64_t sid = conf_insert(c, "t1", 1, "alice", "", CH_SESSION_OPEN, 10);
+    conf_insert(c, "t1", 2, "bob", "", CH_SESSION_OPEN, 20);
+    conf_commit(c);
+    ch_store *r = conf_reader(c, 0);
+
+    for (int st = 0; st < CH__SESSION_STATE_COUNT; st++) {
+        conf_get(c, r, "t1", 1, &s);
+        assert_int_equal(s.sid, sid);
+        snprintf(s.user, sizeof(s.user), "user-%d", st);
+        snprintf(s.agent, sizeof(s.agent), "agent-%d", st);
+        if (st % 2)
+            snprintf(s.mandate, sizeof(s.mandate), "mdt_%d", st);
+        else
+            s.mandate[0] = '\0';
+        free(s.labels);
+        s.labels = strdup(st % 2 ? "{}" : "{\"k\":\"v\",\"z\":\"\xe2\x82\xac\"}");
+        free(s.budget);
+        s.budget = st % 2 ? NULL : strdup("{\"tokens\":5}");
+        s.usage_tokens = 1000LL * st + 1;
+        s.usage_cost_usd = costs[st % 5];
+        s.usage_tool_calls = st * 7;
+        s.state = (ch_session_state)st;
+        s.seq = 100 + st;
+        s.summary_seq = st;
+        s.updated_at = 2000 + st;
+
+        conf_begin(c);
+        conf_ok(c->m->session_update(c->w, &s));
+        conf_commit(c);
+
+        conf_get(c, r, "t1", 1, &out);
+        conf_expect_same(&out, &s);
+        assert_string_equal(ch_session_state_name(out.state),
+                            ch_session_state_name((ch_session_state)st));
+    }
+    ch_session_rec_clear(&out);
+
+    /* The other session is untouched. */
+    conf_get(c, r, "t1", 2, &out);
+    assert_string_equal(out.user, "bob");
+    assert_int_equal(out.updated_at, 20);
+    ch_session_rec_clear(&out);
+
+    /* Updating a sid that does not exist is CH_NOT_FOUND and writes nothing. */
+    conf_begin(c);
+    int64_t real = s.sid;
+    s.sid = real + 1000000;
+    conf_status(c->m->session_update(c->w, &s), CH_NOT_FOUND);
+    conf_commit(c);
+    s.sid = real;
+    ch_session_rec_clear(&s);
+}
+
+/* session_list: one tenant's sessions in id order, filtered, with a keyset cursor and
+ * a limit. */
+static void conf_session_list(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_sessions cs = {0};
+    char cursor[CH_ID_MAX];
+    ch_session_filter f;
+    const int any = -1;
+
+    conf_begin(c);
+    /* Inserted out of id order on purpose. */
+    conf_insert(c, "t1", 5, "alice", "", CH_SESSION_CLOSED, 50);
+    conf_insert(c, "t1", 3, "alice", "m1", CH_SESSION_PAUSED, 30);
+    conf_insert(c, "t2", 6, "alice", "m1", CH_SESSION_OPEN, 60);
+    conf_insert(c, "t1", 1, "alice", "m1", CH_SESSION_OPEN, 10);
+    conf_insert(c, "t1", 4, "bob", "m2", CH_SESSION_ACTIVE, 40);
+    conf_insert(c, "t1", 2, "bob", "", CH_SESSION_ACTIVE, 20);
+    conf_insert(c, "t2", 7, "alice", "", CH_SESSION_OPEN, 70);
+    conf_commit(c);
+    ch_store *r = conf_reader(c, 0);
+
+    conf_list(c, r, &cs, "t1", NULL, any, NULL, NULL, 100);
+    conf_expect_ids(&cs, (int[]){1, 2, 3, 4, 5}, 5);
+    /* Records are complete. */
+    assert_string_equal(cs.recs[3].user, "bob");
+    assert_string_equal(cs.recs[3].mandate, "m2");
+    assert_string_equal(cs.recs[3].agent, "agent-4");
+    assert_string_equal(cs.recs[3].tenant, "t1");
+    assert_int_equal(cs.recs[3].state, CH_SESSION_ACTIVE);
+    assert_int_equal(cs.recs[3].updated_at, 40);
+    assert_non_null(cs.recs[3].labels);
+    assert_string_equal(cs.recs[3].labels, "{\"n\":\"x\"}");
+
+    conf_list(c, r, &cs, "t1", "alice", any, NULL, NULL, 100);
+    conf_expect_ids(&cs, (int[]){1, 3, 5}, 3);
+    conf_list(c, r, &cs, "t1", NULL, CH_SESSION_ACTIVE, NULL, NULL, 100);
+    conf_expect_ids(&cs, (int[]){2, 4}, 2);
+    conf_list(c, r, &cs, "t1", NULL, any, "m1", NULL, 100);
+    conf_expect_ids(&cs, (int[]){1, 3}, 2);
+    conf_list(c, r, &cs, "t1", "bob", CH_SESSION_ACTIVE, NULL, NULL, 100);
+    conf_expect_ids(&cs, (int[]){2, 4}, 2);
+    conf_list(c, r, &cs, "t1", "alice", CH_SESSION_PAUSED, "m1", NULL, 100);
+    conf_expect_ids(&cs, (int[]){3}, 1);
+    conf_list(c, r, &cs, "t1", "carol", any, NULL, NULL, 100);
+    conf_expect_ids(&cs, NULL, 0);
+    conf_list(c, r, &cs, "t1", NULL, CH_SESSION_ARCHIVED, NULL, NULL, 100);
+    conf_expect_ids(&cs, NULL, 0);
+
+    /* Keyset cursor: ids strictly greater than after_id. */
+    conf_id(2, cursor);
+    conf_list(c, r, &cs, "t1", NULL, any, NULL, cursor, 100);
+    conf_expect_ids(&cs, (int[]){3, 4, 5}, 3);
+    conf_id(5, cursor);
+    conf_list(c, r, &cs, "t1", NULL, any, NULL, cursor, 100);
+    conf_expect_ids(&cs, NULL, 0);
+    conf_id(2, cursor);
+    conf_list(c, r, &cs, "t1", "alice", any, NULL, cursor, 100);
+    conf_expect_ids(&cs, (int[]){3, 5}, 2);
+
+    /* Paging with a limit. */
+    conf_list(c, r, &cs, "t1", NULL, any, NULL, NULL, 2);
+    conf_expect_ids(&cs, (int[]){1, 2}, 2);
+    snprintf(cursor, sizeof(cursor), "%s", cs.ids[1]);
+    conf_list(c, r, &cs, "t1", NULL, any, NULL, cursor, 2);
+    conf_expect_ids(&cs, (int[]){3, 4}, 2);
+    snprintf(cursor, sizeof(cursor), "%s", cs.ids[1]);
+    conf_list(c, r, &cs, "t1", NULL, any, NULL, cursor, 2);
+    conf_expect_ids(&cs, (int[]){5}, 1);
+    conf_list(c, r, &cs, "t1", NULL, CH_SESSION_ACTIVE, NULL, NULL, 1);
+    conf_expect_ids(&cs, (int[]){2}, 1);
+
+    /* Tenants are separate. */
+    conf_list(c, r, &cs, "t2", NULL, any, NULL, NULL, 100);
+    conf_expect_ids(&cs, (int[]){6, 7}, 2);
+    conf_list(c, r, &cs, "t3", NULL, any, NULL, NULL, 100);
+    conf_expect_ids(&cs, NULL, 0);
+
+    /* A callback returning non-zero stops the scan; the call still succeeds. */
+    conf_sessions_clear(&cs);
+    cs.stop_after = 2;
+    f = (ch_session_filter){.state = -1, .limit = 100};
+    conf_ok(c->m->session_list(r, "t1", &f, conf_session_cb, &cs));
+    assert_int_equal(cs.calls, 2);
+    conf_expect_ids(&cs, (int[]){1, 2}, 2);
+    conf_sessions_clear(&cs);
+}
+
+/* session_due: sessions of any tenant in a state, idle since before `before`, oldest
+ * first, at most limit. */
+static void conf_session_due(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_sessions cs = {0};
+
+    conf_begin(c);
+    conf_insert(c, "t1", 1, "u", "", CH_SESSION_CLOSED, 100);
+    conf_insert(c, "t2", 2, "u", "", CH_SESSION_CLOSED, 50);
+    conf_insert(c, "t1", 3, "u", "", CH_SESSION_CLOSED, 300);
+    conf_insert(c, "t1", 4, "u", "", CH_SESSION_ACTIVE, 10);
+    conf_insert(c, "t2", 5, "u", "", CH_SESSION_CLOSED, 200);
+    conf_insert(c, "t3", 6, "u", "", CH_SESSION_OPEN, 5);
+    conf_commit(c);
+    ch_store *r = conf_reader(c, 0);
+
+    conf_ok(c->m->session_due(r, CH_SESSION_CLOSED, 250, 100, conf_session_cb, &cs));
+    conf_expect_ids(&cs, (int[]){2, 1, 5}, 3);
+    assert_string_equal(cs.recs[0].tenant, "t2");
+    assert_int_equal(cs.recs[0].updated_at, 50);
+    assert_int_equal(cs.recs[0].state, CH_SESSION_CLOSED);
+    conf_sessions_clear(&cs);
+
+    /* before is exclusive. */
+    conf_ok(c->m->session_due(r, CH_SESSION_CLOSED, 100, 100, conf_session_cb, &cs));
+    conf_expect_ids(&cs, (int[]){2}, 1);
+    conf_sessions_clear(&cs);
+
+    conf_ok(c->m->session_due(r, CH_SESSION_CLOSED, INT64_MAX, 2, conf_session_cb, &cs));
+    conf_expect_ids(&cs, (int[]){2, 1}, 2);
+    conf_sessions_clear(&cs);
+
+    conf_ok(c->m->session_due(r, CH_SESSION_ACTIVE, 1000, 100, conf_session_cb, &cs));
+    conf_expect_ids(&cs, (int[]){4}, 1);
+    conf_sessions_clear(&cs);
+
+    conf_ok(c->m->session_due(r, CH_SESSION_ARCHIVED, INT64_MAX, 100, conf_session_cb, &cs));
+    conf_expect_ids(&cs, NULL, 0);
+
+    cs.stop_after = 1;
+    conf_ok(c->m->session_due(r, CH_SESSION_CLOSED, INT64_MAX, 100, conf_session_cb, &cs));
+    assert_int_equal(cs.calls, 1);
+    conf_expect_ids(&cs, (int[]){2}, 1);
+    conf_sessions_clear(&cs);
+
+    /* The writer sees the same inside its transaction (the sweeper runs there). */
+    conf_begin(c);
+    conf_ok(c->m->session_due(c->w, CH_SESSION_CLOSED, 250, 100, conf_session_cb, &cs));
+    conf_expect_ids(&cs, (int[]){2, 1, 5}, 3);
+    conf_sessions_clear(&cs);
+    conf_commit(c);
+}
+
+/* event_insert/event_list on the live log: seq order, after, limit, exact bodies. */
+static void conf_events_list(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_events_seen es = {0};
+    char body[64];
+
+    conf_begin(c);
+    int64_t s1 = conf_insert_simple(c, 1);
+    int64_t s2 = conf_insert_simple(c, 2);
+    conf_events(c, s2, 1, 2);
+    /* Inserted out of seq order: listing is still in seq order. */
+    conf_events(c, s1, 3, 5);
+    conf_events(c, s1, 1, 2);
+    /* The body is exactly len bytes, not up to a NUL. */
+    static const char sliced[] = "{\"a\":1}TRAILING";
+    ch_event_rec ev = {.seq = 6, .at = 0, .body = sliced, .len = 7};
+    conf_ok(c->m->event_insert(c->w, s1, &ev));
+    /* A large body. */
+    size_t big_len = 200000;
+    char *big = malloc(big_len + 1);
+    assert_non_null(big);
+    memset(big, 'x', big_len);
+    big[0] = '"';
+    big[big_len - 1] = '"';
+    big[big_len] = '\0';
+    ev = (ch_event_rec){.seq = 7, .at = INT64_MAX, .body = big, .len = big_len};
+    conf_ok(c->m->event_insert(c->w, s1, &ev));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_ok(c->m->event_list(r, s1, 0, 100, -1, conf_event_cb, &es));
+    assert_int_equal(es.n, 7);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(es.seq[i], i + 1);
+        assert_int_equal(es.at[i], 100000 + i + 1);
+        conf_body(s1, i + 1, body);
+        assert_int_equal(es.len[i], strlen(body));
+        assert_string_equal(es.body[i], body);
+    }
+    assert_int_equal(es.seq[5], 6);
+    assert_int_equal(es.at[5], 0);
+    assert_int_equal(es.len[5], 7);
+    assert_string_equal(es.body[5], "{\"a\":1}");
+    assert_int_equal(es.seq[6], 7);
+    assert_int_equal(es.at[6], INT64_MAX);
+    assert_int_equal(es.len[6], big_len);
+    assert_memory_equal(es.body[6], big, big_len);
+    free(big);
+    conf_events_clear(&es);
+
+    conf_expect_events(c, r, s1, 3, 100, -1, (int64_t[]){4, 5, 6, 7}, 4);
+    conf_expect_events(c, r, s1, 0, 2, -1, (int64_t[]){1, 2}, 2);
+    conf_expect_events(c, r, s1, 2, 2, -1, (int64_t[]){3, 4}, 2);
+    conf_expect_events(c, r, s1, 7, 100, -1, NULL, 0);
+    conf_expect_events(c, r, s1, 100, 100, -1, NULL, 0);
+    conf_expect_events(c, r, s2, 0, 100, -1, (int64_t[]){1, 2}, 2);
+
+    /* Sessions do not mix: s2's bodies are its own. */
+    conf_ok(c->m->event_list(r, s2, 0, 100, -1, conf_event_cb, &es));
+    assert_int_equal(es.n, 2);
+    assert_string_equal(es.body[1], conf_body(s2, 2, body));
+    conf_events_clear(&es);
+
+    /* With nothing archived, the archived view is the live log. */
+    conf_expect_events(c, r, s2, 0, 100, 0, (int64_t[]){1, 2}, 2);
+
+    /* A callback returning non-zero stops the scan. */
+    es.stop_after = 3;
+    conf_ok(c->m->event_list(r, s1, 0, 100, -1, conf_event_cb, &es));
+    assert_int_equal(es.n, 3);
+    conf_events_clear(&es);
+}
+
+/* A second event at an existing (sid, seq) is refused with CH_EXISTS and changes
+ * nothing. */
+static void conf_events_duplicate(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_events_seen es = {0};
+    char body[64];
+
+    conf_begin(c);
+    int64_t s1 = conf_insert_simple(c, 1);
+    int64_t s2 = conf_insert_simple(c, 2);
+    conf_events(c, s1, 1, 3);
+    conf_commit(c);
+
+    conf_begin(c);
+    conf_ok(c->m->savepoint(c->w));
+    ch_event_rec ev = {.seq = 2, .at = 1, .body = "{\"dup\":true}", .len = 12};
+    conf_status(c->m->event_insert(c->w, s1, &ev), CH_EXISTS);
+    conf_ok(c->m->release(c->w, false));
+    /* The same seq in another session is fine. */
+    conf_ok(c->m->event_insert(c->w, s2, &ev));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_ok(c->m->event_list(r, s1, 0, 100, -1, conf_event_cb, &es));
+    assert_int_equal(es.n, 3);
+    assert_string_equal(es.body[1], conf_body(s1, 2, body));
+    conf_events_clear(&es);
+    conf_expect_events(c, r, s2, 0, 100, -1, (int64_t[]){2}, 1);
+}
+
+/* event_archive and the archived view, through two compactions as the core does
+ * them: archive through N (dropping the previous summary), then insert the new
+ * summary at seq N. */
+static void conf_event_archive(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_events_seen es = {0};
+    char body[64];
+    int64_t moved = -1;
+
+    conf_begin(c);
+    int64_t sid = conf_insert_simple(c, 1);
+    int64_t other = conf_insert_simple(c, 2);
+    conf_events(c, sid, 1, 6);
+    conf_events(c, other, 1, 6);
+    conf_commit(c);
+
+    /* Compaction 1: through 3, no previous summary. */
+    conf_begin(c);
+    conf_ok(c->m->event_archive(c->w, sid, 3, 0, &moved));
+    assert_int_equal(moved, 3);
+    conf_event(c, sid, 3, "{\"kind\":\"summary\",\"n\":1}");
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_expect_events(c, r, sid, 0, 100, -1, (int64_t[]){3, 4, 5, 6}, 4);
+    conf_ok(c->m->event_list(r, sid, 0, 100, -1, conf_event_cb, &es));
+    assert_string_equal(es.body[0], "{\"kind\":\"summary\",\"n\":1}");
+    conf_events_clear(&es);
+    /* Original history: archived 1..3 (the originals, not the summary), then live > 3. */
+    conf_ok(c->m->event_list(r, sid, 0, 100, 3, conf_event_cb, &es));
+    assert_int_equal(es.n, 6);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(es.seq[i], i + 1);
+        assert_int_equal(es.at[i], 100000 + i + 1);
+        assert_string_equal(es.body[i], conf_body(sid, i + 1, body));
+    }
+    conf_events_clear(&es);
+    /* The other session is untouched. */
+    conf_expect_events(c, r, other, 0, 100, -1, (int64_t[]){1, 2, 3, 4, 5, 6}, 6);
+
+    /* Compaction 2: through 6, dropping the summary at 3. */
+    conf_begin(c);
+    conf_events(c, sid, 7, 8);
+    conf_ok(c->m->event_archive(c->w, sid, 6, 3, &moved));
+    assert_int_equal(moved, 3); /* 4, 5, 6; the old summary is dropped, not archived */
+    conf_event(c, sid, 6, "{\"kind\":\"summary\",\"n\":2}");
+    conf_commit(c);
+
+    conf_expect_events(c, r, sid, 0, 100, -1, (int64_t[]){6, 7, 8}, 3);
+    conf_ok(c->m->event_list(r, sid, 0, 100, 6, conf_event_cb, &es));
+    assert_int_equal(es.n, 8);
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(es.seq[i], i + 1);
+        assert_string_equal(es.body[i], conf_body(sid, i + 1, body));
+    }
+    conf_events_clear(&es);
+    /* after and limit apply to the archived view as a whole. */
+    conf_expect_events(c, r, sid, 4, 100, 6, (int64_t[]){5, 6, 7, 8}, 4);
+    conf_expect_events(c, r, sid, 0, 3, 6, (int64_t[]){1, 2, 3}, 3);
+    conf_expect_events(c, r, sid, 5, 2, 6, (int64_t[]){6, 7}, 2);
+    conf_expect_events(c, r, sid, 6, 100, 6, (int64_t[]){7, 8}, 2);
+    conf_expect_events(c, r, sid, 8, 100, 6, NULL, 0);
+    es.stop_after = 2;
+    conf_ok(c->m->event_list(r, sid, 0, 100, 6, conf_event_cb, &es));
+    assert_int_equal(es.n, 2);
+    conf_events_clear(&es);
+
+    /* Archiving when nothing is at or below through moves nothing. */
+    conf_begin(c);
+    moved = -1;
+    conf_ok(c->m->event_archive(c->w, sid, 2, 0, &moved));
+    assert_int_equal(moved, 0);
+    conf_commit(c);
+    conf_expect_events(c, r, sid, 0, 100, -1, (int64_t[]){6, 7, 8}, 3);
+}
+
+/* session_delete removes the session with its events, archive and facts. */
+static void conf_session_delete(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    int64_t moved;
+    ch_session_rec s = {0};
+
+    conf_begin(c);
+    int64_t sid = conf_insert_simple(c, 1);
+    int64_t keep = conf_insert_simple(c, 2);
+    conf_events(c, sid, 1, 4);
+    conf_events(c, keep, 1, 4);
+    conf_ok(c->m->event_archive(c->w, sid, 2, 0, &moved));
+    conf_ok(c->m->event_archive(c->w, keep, 2, 0, &moved));
+    conf_ok(c->m->fact_put(c->w, sid, "a", "1", 1));
+    conf_ok(c->m->fact_put(c->w, sid, "b", "2", 1));
+    conf_ok(c->m->fact_put(c->w, keep, "a", "3", 1));
+    conf_commit(c);
+
+    conf_begin(c);
+    conf_ok(c->m->session_delete(c->w, sid));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_expect_no_session(c, r, "t1", 1);
+    conf_expect_events(c, r, sid, 0, 100, -1, NULL, 0);
+    conf_expect_events(c, r, sid, 0, 100, 0, NULL, 0);
+    conf_expect_events(c, r, sid, 0, 100, 2, NULL, 0);
+    conf_expect_no_fact(c, r, sid, "a");
+    conf_facts_seen fs = {0};
+    conf_ok(c->m->fact_list(r, sid, conf_fact_cb, &fs));
+    assert_int_equal(fs.n, 0);
+    conf_sessions cs = {0};
+    ch_session_filter f = {.state = -1, .limit = 100};
+    conf_ok(c->m->session_list(r, "t1", &f, conf_session_cb, &cs));
+    conf_expect_ids(&cs, (int[]){2}, 1);
+    conf_sessions_clear(&cs);
+
+    /* The other session keeps everything. */
+    conf_get(c, r, "t1", 2, &s);
+    ch_session_rec_clear(&s);
+    conf_expect_events(c, r, keep, 0, 100, -1, (int64_t[]){3, 4}, 2);
+    conf_expect_events(c, r, keep, 0, 100, 2, (int64_t[]){1, 2, 3, 4}, 4);
+    conf_expect_fact(c, r, keep, "a", "3", 1);
+}
+
+/* Facts: upsert, get, delete (CH_NOT_FOUND when missing), list in key order. */
+static void conf_facts(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_facts_seen fs = {0};
+    char long_key[257];
+    memset(long_key, 'k', 256);
+    long_key[256] = '\0';
+    static const char unicode_key[] = "\xd0\xba\xd0\xbb\xd1\x8e\xd1\x87"; /* "ключ" */
+
+    conf_begin(c);
+    int64_t s1 = conf_insert_simple(c, 1);
+    int64_t s2 = conf_insert_simple(c, 2);
+    conf_ok(c->m->fact_put(c->w, s1, "b", "{\"x\":[1,2]}", 10));
+    conf_ok(c->m->fact_put(c->w, s1, "a", "\"first\"", 11));
+    conf_ok(c->m->fact_put(c->w, s1, "c", "null", 12));
+    conf_ok(c->m->fact_put(c->w, s1, long_key, "1", 13));
+    conf_ok(c->m->fact_put(c->w, s1, unicode_key, "\"\xe2\x82\xac\"", 14));
+    conf_ok(c->m->fact_put(c->w, s2, "a", "\"other\"", 15));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_expect_fact(c, r, s1, "a", "\"first\"", 11);
+    conf_expect_fact(c, r, s1, "b", "{\"x\":[1,2]}", 10);
+    conf_expect_fact(c, r, s1, "c", "null", 12);
+    conf_expect_fact(c, r, s1, long_key, "1", 13);
+    conf_expect_fact(c, r, s1, unicode_key, "\"\xe2\x82\xac\"", 14);
+    conf_expect_fact(c, r, s2, "a", "\"other\"", 15);
+    conf_expect_no_fact(c, r, s1, "d");
+    conf_expect_no_fact(c, r, s2, "b");
+    conf_expect_no_fact(c, r, s1, "A");
+
+    /* Upsert replaces value and updated_at; other sessions' facts stay. */
+    conf_begin(c);
+    conf_ok(c->m->fact_put(c->w, s1, "a", "\"second\"", 20));
+    conf_commit(c);
+    conf_expect_fact(c, r, s1, "a", "\"second\"", 20);
+    conf_expect_fact(c, r, s2, "a", "\"other\"", 15);
+
+    /* List: every fact of the session, by key. */
+    conf_ok(c->m->fact_list(r, s1, conf_fact_cb, &fs));
+    assert_int_equal(fs.n, 5);
+    assert_string_equal(fs.key[0], "a");
+    assert_string_equal(fs.value[0], "\"second\"");
+    assert_int_equal(fs.updated_at[0], 20);
+    assert_string_equal(fs.key[1], "b");
+    assert_string_equal(fs.key[2], "c");
+    assert_string_equal(fs.key[3], long_key);
+    assert_string_equal(fs.key[4], unicode_key);
+    assert_int_equal(fs.len[4], 5);
+    conf_facts_clear(&fs);
+    fs.stop_after = 2;
+    conf_ok(c->m->fact_list(r, s1, conf_fact_cb, &fs));
+    assert_int_equal(fs.n, 2);
+    conf_facts_clear(&fs);
+
+    /* Delete: CH_NOT_FOUND when missing (also when the key exists in another session). */
+    conf_begin(c);
+    conf_ok(c->m->fact_delete(c->w, s1, "b"));
+    conf_status(c->m->fact_delete(c->w, s1, "b"), CH_NOT_FOUND);
+    conf_status(c->m->fact_delete(c->w, s1, "zz"), CH_NOT_FOUND);
+    conf_status(c->m->fact_delete(c->w, s2, "c"), CH_NOT_FOUND);
+    conf_commit(c);
+    conf_expect_no_fact(c, r, s1, "b");
+    conf_expect_fact(c, r, s1, "c", "null", 12);
+    conf_ok(c->m->fact_list(r, s1, conf_fact_cb, &fs));
+    assert_int_equal(fs.n, 4);
+    conf_facts_clear(&fs);
+    conf_ok(c->m->fact_list(r, s2, conf_fact_cb, &fs));
+    assert_int_equal(fs.n, 1);
+    conf_facts_clear(&fs);
+}
+
+/* A fact value up to the 64 KiB the core allows round-trips byte for byte. */
+static void conf_facts_large(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_facts_seen fs = {0};
+    size_t n = 64 * 1024;
+    char *v = malloc(n + 1);
+    assert_non_null(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = (char)('a' + i % 26);
+    v[0] = '"';
+    v[n - 1] = '"';
+    v[n] = '\0';
+
+    conf_begin(c);
+    int64_t sid = conf_insert_simple(c, 1);
+    conf_ok(c->m->fact_put(c->w, sid, "big", v, 1));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_ok(c->m->fact_get(r, sid, "big", conf_fact_cb, &fs));
+    assert_int_equal(fs.n, 1);
+    assert_int_equal(fs.len[0], n);
+    assert_memory_equal(fs.value[0], v, n);
+    conf_facts_clear(&fs);
+    free(v);
+}
+
+/* ---- entry point ----------------------------------------------------------------- */
+
+#define CONF_TEST(f) cmocka_unit_test_prestate_setup_teardown(f, conf_setup, conf_teardown, &ctx)
+
+/* Runs the suite against m; fresh_dir gives each test a new data dir. Returns the
+ * number of failed tests (cmocka's count), 0 when the backend conforms. */
+__attribute__((unused)) static int ch_store_conformance_run(const ch_store_methods *m,
+                                                            const char *(*fresh_dir)(void))
+{
+    static ch_conformance ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.m = m;
+    ctx.fresh_dir = fresh_dir;
+    const struct CMUnitTest tests[] = {
+        CONF_TEST(conf_table_complete),
+        CONF_TEST(conf_open_creates_schema),
+        CONF_TEST(conf_commit_durable),
+        CONF_TEST(conf_sync_idle),
+        CONF_TEST(conf_sync_concurrent),
+        CONF_TEST(conf_rollback_discards),
+        CONF_TEST(conf_savepoint_undo),
+        CONF_TEST(conf_savepoint_keep),
+        CONF_TEST(conf_savepoint_nested),
+        CONF_TEST(conf_savepoint_after_failure),
+        CONF_TEST(conf_writer_sees_own_work),
+        CONF_TEST(conf_reader_isolation),
+        CONF_TEST(conf_read_snapshot),
+        CONF_TEST(conf_keys),
+        CONF_TEST(conf_session_insert_get),
+        CONF_TEST(conf_session_update),
+        CONF_TEST(conf_session_list),
+        CONF_TEST(conf_session_due),
+        CONF_TEST(conf_events_list),
+        CONF_TEST(conf_events_duplicate),
+        CONF_TEST(conf_event_archive),
+        CONF_TEST(conf_session_delete),
+        CONF_TEST(conf_facts),
+        CONF_TEST(conf_facts_large),
+    };
+    char group[64];
+    snprintf(group, sizeof(group), "store_conformance(%s)", m->name ? m->name : "?");
+    return _cmocka_run_group_tests(group, tests, sizeof(tests) / sizeof(tests[0]), NULL, NULL);
+}
+
+#undef CONF_TEST
+
+#endif /* CHARTER_TESTS_STORE_CONFORMANCE_H */
