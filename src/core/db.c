@@ -162,6 +162,7 @@ static void run_batch(ch_db *db, ch_req *batch, int n)
 static void *syncer_main(void *arg)
 {
     ch_db *db = arg;
+    pthread_setname_np(pthread_self(), "ch-syncer");
     for (;;) {
         pthread_mutex_lock(&db->s_mu);
         while (db->s_head == NULL && !db->s_stopping)
@@ -193,6 +194,7 @@ static void *syncer_main(void *arg)
 static void *writer_main(void *arg)
 {
     ch_db *db = arg;
+    pthread_setname_np(pthread_self(), "ch-writer");
     for (;;) {
         pthread_mutex_lock(&db->q_mu);
         while (db->q_head == NULL && !db->stopping)
@@ -307,6 +309,7 @@ void ch_req_dispose(ch_req *req)
 static void *sweeper_main(void *arg)
 {
     ch_db *db = arg;
+    pthread_setname_np(pthread_self(), "ch-sweeper");
     pthread_mutex_lock(&db->sw_mu);
     while (!db->sweeper_stop) {
         struct timespec ts;

@@ -136,6 +136,9 @@ static void loop_setup(ch_server_thread *t)
 static void *loop_main(void *arg)
 {
     ch_server_thread *t = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "ch-http-%d", t->index);
+    pthread_setname_np(pthread_self(), name);
     loop_setup(t);
     while (!ch__server.exiting) {
         if (ch__server.stopping && !t->shutdown_started) {

@@ -159,8 +159,8 @@ typedef struct sqlite_store {
     ino_t wal_ino;
 } sqlite_store;
 
-#define CHECKPOINT_PAGES 1000  /* wake the checkpointer once the WAL holds this many */
-#define RESTART_PAGES 16384    /* past this (64 MiB), rewind the WAL */
+#define CHECKPOINT_PAGES 8192  /* wake the checkpointer once the WAL holds this many */
+#define RESTART_PAGES 32768    /* past this (128 MiB), rewind the WAL */
 
 static ch_status io_error(sqlite_store *s, const char *what)
 {
@@ -235,6 +235,7 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
 static void *checkpointer_main(void *arg)
 {
     checkpointer *c = arg;
+    pthread_setname_np(pthread_self(), "ch-checkpoint");
     pthread_mutex_lock(&c->mu);
     while (!c->stop) {
         while (!c->wake && !c->stop)

@@ -397,9 +397,10 @@ class Corpus(unittest.TestCase):
             ("POST", L + "close", {"reason": "r", "state": "closed"}, 400, "unknown_field",
              "state"),
             ("POST", L + "archive", {"reason": {}}, 400, "invalid_type", "reason"),
-            # SID is active: resume is refused either for its body or for the state
-            ("POST", L + "resume", {"reason": "x"}, (400, 409),
-             ("unknown_field", "invalid_transition")),
+            ("POST", L + "resume", {"x": 1}, 400, "unknown_field", "x"),
+            ("POST", L + "resume", {"reason": 1}, 400, "invalid_type", "reason"),
+            ("POST", L + "pause", {"reason": "r" * 1025}, 422, "invalid_value", "reason"),
+            ("POST", L + "close", {"reason": "é" * 513}, 422, "invalid_value", "reason"),
             ("POST", L + "pause", b"[]", 400, "bad_request"),
             ("POST", L + "pause", b"{", 400, "bad_json"),
             ("POST", L + "close", b"\"closed\"", 400, "bad_request"),
@@ -417,6 +418,7 @@ class Corpus(unittest.TestCase):
         assert_status(srv.request("POST", "/v1/sessions/%s/pause" % sid), 200)
         before = srv.snapshot(sid)
         for body, code, field in (({"reason": 5}, "invalid_type", "reason"),
+                                  ({"reason": "r" * 1025}, "invalid_value", "reason"),
                                   ({"x": 1}, "unknown_field", "x"),
                                   (b"[]", "bad_request", None), (b"{", "bad_json", None)):
             with self.subTest(body=body):
@@ -424,8 +426,14 @@ class Corpus(unittest.TestCase):
                     r = srv.request("POST", "/v1/sessions/%s/resume" % sid, raw=body)
                 else:
                     r = srv.request("POST", "/v1/sessions/%s/resume" % sid, body)
-                assert_error(r, 400, code, field=field)
+                assert_error(r, 422 if code == "invalid_value" else 400, code, field=field)
         self.assertEqual(srv.snapshot(sid), before)
+        # the longest reason is taken, by every call, and recorded in the lifecycle event
+        for call, reason in (("resume", "r" * 1024), ("pause", "é" * 512),
+                             ("close", "c" * 1024), ("archive", "a" * 1024)):
+            r = srv.request("POST", "/v1/sessions/%s/%s" % (sid, call), {"reason": reason})
+            self.assertEqual(r.status, 200, "%s: %r" % (call, r.raw[:200]))
+            self.assertEqual(srv.all_events(sid)[-1]["content"].get("reason"), reason)
 
     # ---- sizes --------------------------------------------------------------------------
     def test_body_too_large(self):
