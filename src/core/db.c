@@ -57,6 +57,7 @@ struct ch_db {
     ch_histogram commit_seconds;
     ch_histogram fsync_seconds;
     uint64_t commit_failures;
+    uint64_t fsync_failures;
 };
 
 const ch_config *ch__db_config(ch_db *db)
@@ -176,6 +177,12 @@ static void *syncer_main(void *arg)
         uint64_t t0 = ch_mono_ns();
         ch_status st = db->m->sync(db->w);
         ch_histogram_observe(&db->fsync_seconds, (double)(ch_mono_ns() - t0) / 1e9);
+        if (st != CH_OK) {
+            /* The batches are committed (and visible) but may not survive a power
+             * loss; their writers are told so rather than acknowledged. */
+            __atomic_fetch_add(&db->fsync_failures, 1, __ATOMIC_RELAXED);
+            ch_log(CH_LOG_ERROR, "fsync failed; writes answered with 500", NULL);
+        }
         /* done() may free the request: read the link first. */
         for (ch_req *r = list, *next; r != NULL; r = next) {
             next = r->next;
@@ -445,6 +452,10 @@ void ch_db_render_metrics(ch_db *db, ch_buf *out)
     ch_buf_printf(out,
                   "# HELP charter_commit_failures_total Group commits that failed.\n"
                   "# TYPE charter_commit_failures_total counter\n"
-                  "charter_commit_failures_total %llu\n",
-                  (unsigned long long)__atomic_load_n(&db->commit_failures, __ATOMIC_RELAXED));
+                  "charter_commit_failures_total %llu\n"
+                  "# HELP charter_fsync_failures_total Syncs that failed (writes not acknowledged).\n"
+                  "# TYPE charter_fsync_failures_total counter\n"
+                  "charter_fsync_failures_total %llu\n",
+                  (unsigned long long)__atomic_load_n(&db->commit_failures, __ATOMIC_RELAXED),
+                  (unsigned long long)__atomic_load_n(&db->fsync_failures, __ATOMIC_RELAXED));
 }

@@ -94,7 +94,8 @@ void ch_histogram_render(const ch_histogram *h, const char *name, const char *la
     }
     double sum;
     __atomic_load(&h->sum, &sum, __ATOMIC_RELAXED);
-    ch_buf_printf(out, "%s_sum{%s} %.9g\n", name, labels, sum);
-    ch_buf_printf(out, "%s_count{%s} %llu\n", name, labels,
+    const char *open = labels[0] ? "{" : "", *close = labels[0] ? "}" : "";
+    ch_buf_printf(out, "%s_sum%s%s%s %.9g\n", name, open, labels, close, sum);
+    ch_buf_printf(out, "%s_count%s%s%s %llu\n", name, open, labels, close,
                   (unsigned long long)__atomic_load_n(&h->count, __ATOMIC_RELAXED));
 }

@@ -120,7 +120,7 @@ static void send_error(call *c, const ch_err *e)
     if (e->state[0])
         json_object_set_new(err, "state", json_string(e->state));
     int status = http_status(e->status);
-    if (status >= 500)
+    if (status >= 500 && e->status != CH_SHUTTING_DOWN)
         ch_log(CH_LOG_ERROR, "request failed", "{s:s, s:s}", "route", ch__route_label(c->route),
                "error", e->message);
     send_json(c, status, json_pack("{s:o}", "error", err));

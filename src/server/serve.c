@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -54,8 +55,8 @@ static int bootstrap(ch_db *db, const char *data_dir)
     }
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0 || fchmod(fd, 0600) != 0 || dprintf(fd, "%s\n", key) < 0 || fsync(fd) != 0) {
-        ch_log(CH_LOG_ERROR, "cannot write the bootstrap key", "{s:s, s:s}", "path", path,
-               "error", strerror(errno));
+        ch_log(CH_LOG_ERROR, "cannot write the bootstrap key; create a key with `charter keys create`",
+               "{s:s, s:s}", "path", path, "error", strerror(errno));
         if (fd >= 0)
             close(fd);
         return -1;
@@ -63,6 +64,29 @@ static int bootstrap(ch_db *db, const char *data_dir)
     close(fd);
     ch_log(CH_LOG_INFO, "created tenant 'default'", "{s:s}", "key_file", path);
     return 0;
+}
+
+/* Holds an exclusive lock on <data-dir>/serve.lock for the life of the process, so a
+ * second `charter serve` on the same data dir refuses to start. (Offline commands such
+ * as `charter keys create` do not take it: they are meant to run beside a server.) */
+static int lock_data_dir(const char *dir)
+{
+    char path[2048];
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        ch_log(CH_LOG_ERROR, "cannot create the data dir", "{s:s, s:s}", "data_dir", dir, "error",
+               strerror(errno));
+        return -1;
+    }
+    snprintf(path, sizeof(path), "%s/serve.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        ch_log(CH_LOG_ERROR, "the data dir is in use by another charter serve", "{s:s, s:s}",
+               "data_dir", dir, "error", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return 0; /* the descriptor stays open, and the lock held, until exit */
 }
 
 static int open_listener(const char *listen_addr)
@@ -182,7 +206,7 @@ static int parse_flags(int argc, char **argv, ch_config *cfg, const char **confi
     /* Two passes: the config file comes first whatever the flag order. */
     struct {
         const char *key, *value;
-    } set[16];
+    } set[32];
     int nset = 0, c;
     ch_err e;
 
@@ -203,7 +227,7 @@ static int parse_flags(int argc, char **argv, ch_config *cfg, const char **confi
             return 64;
         default:
             for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
-                if (keys[i].opt == c && nset < 16) {
+                if (keys[i].opt == c && nset < 32) {
                     set[nset].key = keys[i].key;
                     set[nset++].value = optarg;
                 }
@@ -257,24 +281,28 @@ int ch__serve_main(int argc, char **argv)
     if (s->nthreads < 1)
         s->nthreads = 1;
 
-    /* Signals are taken synchronously by the main thread only. */
+    /* Signals are taken synchronously by the main thread only; each of them drains. */
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* Everything charter creates in the data dir is the owner's alone. */
+    umask(077);
 
+    /* Bind first: a port in use must fail before the data dir is touched. */
+    s->listen_fd = open_listener(s->cfg.listen);
+    if (s->listen_fd < 0)
+        return 1;
+    if (lock_data_dir(s->cfg.data_dir) != 0)
+        return 1;
     if (ch_db_open(&s->cfg, true, &s->db, &e) != CH_OK) {
         ch_log(CH_LOG_ERROR, "cannot open the data dir", "{s:s, s:s}", "data_dir",
                s->cfg.data_dir, "error", e.message);
         return 1;
     }
     if (bootstrap(s->db, s->cfg.data_dir) != 0) {
-        ch_db_close(s->db);
-        return 1;
-    }
-    s->listen_fd = open_listener(s->cfg.listen);
-    if (s->listen_fd < 0) {
         ch_db_close(s->db);
         return 1;
     }
@@ -293,7 +321,7 @@ int ch__serve_main(int argc, char **argv)
            s->nthreads, "data_dir", s->cfg.data_dir, "store", s->cfg.store);
 
     sigwait(&sigs, &sig);
-    ch_log(CH_LOG_INFO, "draining", "{s:s}", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    ch_log(CH_LOG_INFO, "draining", "{s:s}", "signal", strsignal(sig));
     s->stopping = 1;
     uint64_t deadline = ch_mono_ns() + (uint64_t)s->cfg.drain_timeout * 1000000u;
     while (__atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE) > 0 && ch_mono_ns() < deadline)

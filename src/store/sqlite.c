@@ -397,8 +397,11 @@ static ch_status s_open(const char *data_dir, bool writer, ch_store **out, ch_er
         goto fail;
     }
     snprintf(s->wal_path, sizeof(s->wal_path), "%s-wal", path);
-    if (writer && (exec_script(s, "PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=OFF;", e) !=
-                       CH_OK ||
+    /* journal_size_limit: after the WAL is rewound, it is truncated back to 64 MiB. */
+    if (writer && (exec_script(s,
+                               "PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=OFF;"
+                               " PRAGMA journal_size_limit=67108864;",
+                               e) != CH_OK ||
                    checkpointer_start(s, path, e) != CH_OK))
         goto fail;
     /* Make the WAL file and its directory entry durable before anything is written. */

@@ -160,6 +160,23 @@ class Tenants(unittest.TestCase):
         self.assertEqual(srv.request("GET", "/v1/sessions", key=third).json,
                          {"sessions": [], "next_cursor": None})
 
+    def test_cursor_does_not_cross_tenants(self):
+        """A cursor handed out to one tenant shows another tenant nothing of the first."""
+        k = srv.create_key("cursor-b")
+        a_ids = [srv.create_session(user="cur")["id"] for _ in range(3)]
+        b_ids = [srv.create_session(user="cur", key=k)["id"] for _ in range(3)]
+        cur = srv.request("GET", "/v1/sessions?user=cur&limit=1").json["next_cursor"]
+        self.assertIsNotNone(cur)
+        r = srv.request("GET", "/v1/sessions?user=cur&limit=1000&cursor=%s" % harness.q(cur),
+                        key=k)
+        self.assertIn(r.status, (200, 400), r.raw)
+        if r.status == 200:
+            got = [s["id"] for s in r.json["sessions"]]
+            self.assertFalse(set(got) & set(a_ids), got)
+            self.assertLessEqual(set(got), set(b_ids))
+        else:
+            assert_error(r, 400, "bad_request")
+
     def test_keys_survive_restart(self):
         k = srv.create_key("durable")
         sid = srv.create_session(user="d", key=k)["id"]

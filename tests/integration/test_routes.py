@@ -299,6 +299,21 @@ class Sessions(unittest.TestCase):
                             % (q(user), q("m/&=" + "x" * 200)))
             self.assertEqual([s["id"] for s in r.json["sessions"]], [sid])
 
+    def test_last_full_page_has_null_cursor(self):
+        """When the sessions fill the last page exactly, that page says so."""
+        user = "exact_pages"
+        ids = [srv.create_session(user=user)["id"] for _ in range(4)]
+        r = srv.request("GET", "/v1/sessions?user=%s&limit=2" % user).json
+        self.assertEqual([s["id"] for s in r["sessions"]], ids[:2])
+        self.assertIsNotNone(r["next_cursor"])
+        r = srv.request("GET", "/v1/sessions?user=%s&limit=2&cursor=%s"
+                        % (user, q(r["next_cursor"]))).json
+        self.assertEqual([s["id"] for s in r["sessions"]], ids[2:])
+        self.assertIsNone(r["next_cursor"])
+        r = srv.request("GET", "/v1/sessions?user=%s&limit=4" % user).json
+        self.assertEqual(len(r["sessions"]), 4)
+        self.assertIsNone(r["next_cursor"])
+
     def test_list_default_limit(self):
         user = "many_user"
         for i in range(55):
