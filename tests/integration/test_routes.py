@@ -8,6 +8,7 @@ import re
 import select
 import socket
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -71,6 +72,59 @@ class HealthAndMetrics(unittest.TestCase):
             srv.request("GET", "/v1/sessions/" + s["id"])
         text2 = srv.request("GET", "/metrics", key=None).raw.decode("utf-8")
         self.assertGreaterEqual(total(text2, "charter_http_requests_total"), before + 5)
+
+    def test_healthz_head(self):
+        r = srv.request("HEAD", "/healthz", key=None)
+        self.assertEqual(r.status, 200)
+
+    def test_metrics_per_route(self):
+        """docs/operations.md: every documented metric is there, and requests are
+        counted per route and status (401s under route "other")."""
+        s = srv.create_session(user="metrics2")
+
+        def sample(text, name, labels):
+            want = "%s{%s} " % (name, ",".join('%s="%s"' % kv for kv in labels))
+            for line in text.splitlines():
+                if line.startswith(want):
+                    return float(line[len(want):])
+            return 0.0
+
+        before = srv.request("GET", "/metrics", key=None)
+        self.assertEqual(before.headers.get("content-type"), "text/plain; version=0.0.4")
+        t0 = before.raw.decode()
+        for name, kind in (("charter_http_requests_total", "counter"),
+                           ("charter_http_request_seconds", "histogram"),
+                           ("charter_commit_batch_size", "histogram"),
+                           ("charter_commit_seconds", "histogram"),
+                           ("charter_fsync_seconds", "histogram"),
+                           ("charter_commit_failures_total", "counter"),
+                           ("charter_inflight_writes", "gauge")):
+            self.assertRegex(t0, r"(?m)^# TYPE %s %s$" % (name, kind))
+        ev = ("route", "POST /v1/sessions/{id}/events"), ("status", "201")
+        un = ("route", "other"), ("status", "401")
+        nf = ("route", "GET /v1/sessions/{id}"), ("status", "404")
+        for i in range(7):
+            assert_status(srv.append(s["id"], {"kind": "m"}), 201)
+        for i in range(3):
+            assert_status(srv.request("GET", "/v1/sessions", key=None), 401)
+        srv.request("GET", "/v1/sessions/sess_01JD3V6Y7C8X9Q2W5E4R3T2Y1A")
+        t1 = srv.request("GET", "/metrics", key=None).raw.decode()
+        self.assertEqual(sample(t1, "charter_http_requests_total", ev)
+                         - sample(t0, "charter_http_requests_total", ev), 7)
+        self.assertEqual(sample(t1, "charter_http_requests_total", un)
+                         - sample(t0, "charter_http_requests_total", un), 3)
+        self.assertEqual(sample(t1, "charter_http_requests_total", nf)
+                         - sample(t0, "charter_http_requests_total", nf), 1)
+        self.assertEqual(sample(t1, "charter_http_request_seconds_count", ev)
+                         - sample(t0, "charter_http_request_seconds_count", ev), 7)
+        self.assertRegex(t1, r"(?m)^charter_commit_failures_total 0$")
+        # nothing is in flight once every reply is in (allow the counter a moment)
+        for _ in range(40):
+            if re.search(r"(?m)^charter_inflight_writes 0$", t1):
+                break
+            time.sleep(0.05)
+            t1 = srv.request("GET", "/metrics", key=None).raw.decode()
+        self.assertRegex(t1, r"(?m)^charter_inflight_writes 0$")
 
 
 def read_responses(sk, n):
