@@ -26,7 +26,6 @@
  *
  * Usage: bench_sqlite_per_item [-d DB_PATH] [-t THREADS] [-s SECONDS]
  */
-#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <stdatomic.h>

@@ -24,6 +24,11 @@ usage() {
 }
 
 [ $# -eq 1 ] || usage
+for v in "${BENCH_DURATION:-10}" "${BENCH_BUNDLE_DURATION:-5}"; do
+	case $v in
+	'' | *[!0-9]* | 0) echo "bench: durations are whole seconds >= 1, not '$v'" >&2 && exit 2 ;;
+	esac
+done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
 BUILD=$(cd "$1" && pwd)
@@ -46,6 +51,7 @@ FAILED=0
 ERRORS=()
 ROWS=()
 LOAD_BEFORE="-"
+FOREIGN_CPU="-"
 
 die() {
 	echo "bench: error: $*" >&2
@@ -64,9 +70,21 @@ problem() {
 	FAILED=1
 }
 
-# Stops one started process: TERM, up to 10 s to exit, then KILL.
+# forget PID: drops a reaped process from PIDS, so that the trap never signals a
+# recycled pid that now belongs to someone else.
+forget() {
+	local keep=() p
+	for p in ${PIDS[@]+"${PIDS[@]}"}; do
+		[ "$p" = "$1" ] || keep+=("$p")
+	done
+	PIDS=(${keep[@]+"${keep[@]}"})
+}
+
+# Stops one started process: TERM, up to 10 s to exit, then KILL. Sets STOP_RC to its
+# exit status (-1 when it had already been reaped).
 stop_pid() {
 	local pid=$1 i
+	STOP_RC=-1
 	kill -0 "$pid" 2>/dev/null || return 0
 	kill -TERM "$pid" 2>/dev/null || true
 	for i in $(seq 100); do
@@ -77,13 +95,25 @@ stop_pid() {
 		log "pid $pid did not exit on TERM, killing it"
 		kill -KILL "$pid" 2>/dev/null || true
 	fi
-	wait "$pid" 2>/dev/null || true
+	STOP_RC=0
+	wait "$pid" 2>/dev/null || STOP_RC=$?
+	forget "$pid"
+}
+
+# stop_server PID NAME LOG: stops a server; a server that does not exit cleanly on
+# SIGTERM (crash, hang, error status) is a problem.
+stop_server() {
+	stop_pid "$1"
+	if [ "$STOP_RC" != 0 ]; then
+		tail -n 10 "$3" >&2 || true
+		problem "$2 (pid $1) exited with status $STOP_RC on SIGTERM; log: $3"
+	fi
 }
 
 cleanup() {
 	local rc=$? pid
 	trap - EXIT INT TERM
-	for pid in "${PIDS[@]}"; do
+	for pid in ${PIDS[@]+"${PIDS[@]}"}; do
 		stop_pid "$pid"
 	done
 	if [ -n "$TMP" ]; then
@@ -202,6 +232,7 @@ run_child() {
 	pid=$!
 	PIDS+=("$pid")
 	wait "$pid" || rc=$?
+	forget "$pid"
 	return "$rc"
 }
 
@@ -243,6 +274,27 @@ met() {
 		ok = (op == ">=") ? (v + 0 >= t + 0) : (v + 0 <= t + 0); print ok ? "yes" : "NO" }'
 }
 
+# cpu_snapshot FILE: writes "<CPU seconds the whole machine spent in user and system
+# mode> <CPU seconds of this script's reaped children>" to FILE. The difference between
+# two snapshots is the CPU that other processes took during the run. (`times` runs in
+# this shell, not in a $(...) subshell, whose children's times would be empty.)
+cpu_snapshot() {
+	local out=$1 machine
+	machine=$(awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { print ($2 + $3 + $4) / hz }' /proc/stat)
+	times >"$out.times"
+	awk -v m="$machine" 'NR == 2 {
+		t = 0
+		for (i = 1; i <= 2; i++) { f = $i; sub(/s$/, "", f); split(f, a, "m"); t += a[1] * 60 + a[2] }
+		print m, t }' "$out.times" >"$out"
+}
+
+# foreign_cpu BEFORE AFTER SECONDS: "X cpu-s (Y% of the machine)" used by other processes.
+foreign_cpu() {
+	awk -v secs="$3" -v ncpu="$(nproc)" 'NR == FNR { m0 = $1; o0 = $2; next } {
+		f = ($1 - m0) - ($2 - o0); if (f < 0) f = 0
+		printf "%.1f cpu-s (%.0f%% of the machine)", f, 100 * f / (secs * ncpu) }' "$1" "$2"
+}
+
 row() {
 	ROWS+=("$1|$2|$3|$4|$5|$6")
 }
@@ -253,7 +305,9 @@ print_table() {
 	echo
 	echo "charter benchmarks — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(uname -r)," \
 		"commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '-')," \
-		"BENCH_DURATION=${DURATION}s, load average before the run: $LOAD_BEFORE"
+		"BENCH_DURATION=${DURATION}s"
+	echo "load average before the run: $LOAD_BEFORE; CPU taken by other processes during" \
+		"the run: $FOREIGN_CPU"
 	echo
 	# shellcheck disable=SC2059
 	printf "$fmt" "benchmark" "charter" "baseline" "ratio" "target" "met"
@@ -331,9 +385,11 @@ bench_bundles() {
 	done
 	for size in $BUNDLE_SIZES; do
 		if ! wait "${pids[$i]}"; then
+			forget "${pids[$i]}"
 			cat "$TMP/bundle-$size.log" >&2
 			die "filling the $size-event bundle session failed"
 		fi
+		forget "${pids[$i]}"
 		log "  $size: $(cat "$TMP/bundle-$size.log")"
 		i=$((i + 1))
 	done
@@ -391,15 +447,17 @@ main() {
 			"compete for the cores and the disk, numbers will be noisy"
 	fi
 
+	cpu_snapshot "$TMP/cpu.before"
+	START=$SECONDS
 	bench_baseline
 
 	start_charter a 2
 	python3 "$BENCH/helper.py" sessions "$CH_PORT" "$CH_KEY" "$SESSIONS" "$TMP/sessions.txt"
 
 	bench_appends 1
-	ratio=$(calc "%.1f" "$APP_EPS / $BASE_EPS")
+	ratio=$(calc "%.4f" "$APP_EPS / $BASE_EPS")
 	row "single appends, events/s (201s)" "$(thousands "$APP_EPS")" "$(thousands "$BASE_EPS")" \
-		"${ratio}x" ">= 50,000; >= 8x" \
+		"$(calc "%.1f" "$ratio")x" ">= 50,000; >= 8x" \
 		"$(met "$APP_EPS" ">=" 50000)/$(met "$ratio" ">=" 8)"
 	row "single appends, p50 ms" "$APP_P50" "$BASE_P50" "-" "-" ""
 	row "single appends, p99 ms" "$APP_P99" "$BASE_P99" "-" "-" ""
@@ -410,23 +468,25 @@ main() {
 	row "batch-$BATCH appends, p50 / p99 ms" "$APP_P50 / $APP_P99" "-" "-" "-" ""
 
 	bench_bundles
-	stop_pid "$CH_PID"
+	stop_server "$CH_PID" "charter" "$CH_LOG"
 
 	start_charter b 1
 	bench_healthz "$CH_PORT" "charter"
 	check_alive "$CH_PID" "charter" "$CH_LOG"
 	ch_rps=$HZ_RPS
-	stop_pid "$CH_PID"
+	stop_server "$CH_PID" "charter" "$CH_LOG"
 
 	start_nginx
 	bench_healthz "$NGINX_PORT" "nginx"
 	ng_rps=$HZ_RPS
-	stop_pid "$NGINX_PID"
+	stop_server "$NGINX_PID" "nginx" "$TMP/nginx/error.log"
 
-	ratio=$(calc "%.2f" "$ch_rps / $ng_rps")
+	ratio=$(calc "%.4f" "$ch_rps / $ng_rps")
 	row "GET /healthz req/s (--threads 1 vs nginx)" "$(thousands "$ch_rps")" \
-		"$(thousands "$ng_rps")" "${ratio}x" ">= 0.8x" "$(met "$ratio" ">=" 0.8)"
+		"$(thousands "$ng_rps")" "$(calc "%.2f" "$ratio")x" ">= 0.8x" "$(met "$ratio" ">=" 0.8)"
 
+	cpu_snapshot "$TMP/cpu.after"
+	FOREIGN_CPU=$(foreign_cpu "$TMP/cpu.before" "$TMP/cpu.after" $((SECONDS - START)))
 	print_table
 	[ "$FAILED" = 0 ] || exit 1
 }

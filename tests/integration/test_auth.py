@@ -3,10 +3,13 @@ unknown key with 401; /healthz and /metrics need none; keys made by `charter key
 create` on a running server work at once; another tenant's sessions are invisible
 (404, never distinguished from an unknown id)."""
 
+import hashlib
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +104,35 @@ class Unauthorized(unittest.TestCase):
     def test_valid_key_works(self):
         r = srv.request("GET", "/v1/sessions")
         self.assertEqual(r.status, 200, r.raw)
+        # docs/operations.md: the scheme is matched case-insensitively
+        for scheme in ("bearer", "BEARER", "BeArEr"):
+            r = srv.request("GET", "/v1/sessions", key=None,
+                            headers={"Authorization": "%s %s" % (scheme, srv.key)})
+            self.assertEqual(r.status, 200, r.raw)
+
+    def test_revoked_key_stops_working(self):
+        """docs/operations.md: deleting a key's row revokes it; each HTTP thread may
+        keep a verified key for up to 5 seconds."""
+        k = srv.create_key("revoked")
+        for _ in range(4):   # verified, and cached by the threads that served these
+            self.assertEqual(srv.request("GET", "/v1/sessions", key=k).status, 200)
+        db = sqlite3.connect(os.path.join(srv.dir, "charter.db"), timeout=10)
+        try:
+            with db:
+                n = db.execute("DELETE FROM api_keys WHERE hash = ?",
+                               (hashlib.sha256(k.encode()).digest(),)).rowcount
+        finally:
+            db.close()
+        self.assertEqual(n, 1)
+        t0 = time.monotonic()
+        # until the caches expire it may still be accepted; never anything else
+        while time.monotonic() - t0 < 5.5:
+            r = srv.request("GET", "/v1/sessions", key=k)
+            self.assertIn(r.status, (200, 401), r.raw)
+            time.sleep(0.25)
+        for _ in range(8):
+            assert_error(srv.request("GET", "/v1/sessions", key=k), 401, "unauthorized")
+        self.assertEqual(srv.request("GET", "/v1/sessions").status, 200)
 
     def test_bootstrap_key_file(self):
         path = os.path.join(srv.dir, "bootstrap.key")

@@ -288,6 +288,10 @@ class Options(unittest.TestCase):
         self.assertRegex(out, r"(?m)^SEQ\s+AT\s+KIND\s+ROLE\s+CONTENT")
         self.assertIn("...", out)               # content cut to 60 characters
         self.assertNotIn("x" * 61, out)
+        out = on_tty("session", "append", sid, "--kind", "message", "--content", "hi")
+        self.assertEqual(out.strip(), "appended seq 2")
+        out = on_tty("session", "compact", sid, "--through", "2", "--summary", "s")
+        self.assertEqual(out.strip(), "compacted through seq 2 (2 events archived)")
 
 
 class Errors(unittest.TestCase):

@@ -70,7 +70,11 @@ class HealthAndMetrics(unittest.TestCase):
         before = total(text, "charter_http_requests_total")
         for _ in range(5):
             srv.request("GET", "/v1/sessions/" + s["id"])
-        text2 = srv.request("GET", "/metrics", key=None).raw.decode("utf-8")
+        for _ in range(40):   # counted as the reply goes out: allow a moment
+            text2 = srv.request("GET", "/metrics", key=None).raw.decode("utf-8")
+            if total(text2, "charter_http_requests_total") >= before + 5:
+                break
+            time.sleep(0.05)
         self.assertGreaterEqual(total(text2, "charter_http_requests_total"), before + 5)
 
     def test_healthz_head(self):
@@ -108,7 +112,13 @@ class HealthAndMetrics(unittest.TestCase):
         for i in range(3):
             assert_status(srv.request("GET", "/v1/sessions", key=None), 401)
         srv.request("GET", "/v1/sessions/sess_01JD3V6Y7C8X9Q2W5E4R3T2Y1A")
-        t1 = srv.request("GET", "/metrics", key=None).raw.decode()
+        # a request is counted as its reply goes out: give the last one a moment
+        for _ in range(40):
+            t1 = srv.request("GET", "/metrics", key=None).raw.decode()
+            if (sample(t1, "charter_http_requests_total", nf)
+                    > sample(t0, "charter_http_requests_total", nf)):
+                break
+            time.sleep(0.05)
         self.assertEqual(sample(t1, "charter_http_requests_total", ev)
                          - sample(t0, "charter_http_requests_total", ev), 7)
         self.assertEqual(sample(t1, "charter_http_requests_total", un)

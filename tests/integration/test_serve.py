@@ -112,4 +112,4 @@ class Serve(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=1)
+    harness.main()  # removes data dirs on success, checks server logs for sanitizer reports

@@ -4,9 +4,11 @@ after a restart on the same data dir."""
 
 import http.client
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -133,6 +135,29 @@ class Shutdown(unittest.TestCase):
         self.assertGreater(newer, max(sids))
         self.assertEqual(srv.stop(), 0)
 
+    def test_data_dir_modes_and_bootstrap_once(self):
+        """docs/operations.md: the data dir is created 0700, its files are the owner's
+        only, and bootstrap.key is written once (not again after it is deleted)."""
+        parent = tempfile.mkdtemp(prefix="charter-it-parent-")
+        try:
+            d = os.path.join(parent, "data")
+            srv = harness.Server(data_dir=d, start=False)
+            srv.log_path = os.path.join(parent, "server.log")
+            srv.start()
+            key = srv.key
+            self.assertEqual(os.stat(d).st_mode & 0o777, 0o700)
+            for name in os.listdir(d):
+                mode = os.stat(os.path.join(d, name)).st_mode & 0o777
+                self.assertEqual(mode & 0o077, 0, "%s is mode %o" % (name, mode))
+            self.assertEqual(srv.stop(), 0)
+            os.unlink(os.path.join(d, "bootstrap.key"))
+            srv.start(wait_key=False)
+            self.assertFalse(os.path.exists(os.path.join(d, "bootstrap.key")))
+            self.assertEqual(srv.request("GET", "/v1/sessions", key=key).status, 200)
+            self.assertEqual(srv.stop(), 0)
+        finally:
+            shutil.rmtree(parent, ignore_errors=True)
+
     def test_idle_sigterm_exits_zero(self):
         srv = harness.Server()
         sid = srv.create_session(user="idle")["id"]
@@ -140,6 +165,9 @@ class Shutdown(unittest.TestCase):
         rc = srv.stop()
         self.assertEqual(rc, 0)
         self.assertLess(time.monotonic() - t0, 5)
+        # docs/operations.md: a clean shutdown checkpoints and removes the WAL
+        for name in ("charter.db-wal", "charter.db-shm"):
+            self.assertFalse(os.path.exists(os.path.join(srv.dir, name)), name)
         srv.start()
         self.assertEqual(srv.get_session(sid)["id"], sid)
         self.assertEqual(srv.stop(), 0)
