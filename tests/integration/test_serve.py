@@ -3,6 +3,7 @@ port in use fails before the data dir is touched, private file modes, every stop
 signal drains, --print-config, and configuration errors."""
 
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -13,6 +14,13 @@ import unittest
 
 import harness
 from harness import Server
+
+
+def scratch(test):
+    """A temporary dir removed when the test ends."""
+    d = tempfile.mkdtemp(prefix="charter-it-")
+    test.addCleanup(shutil.rmtree, d, True)
+    return d
 
 
 def run(args, timeout=15):
@@ -40,7 +48,7 @@ class Serve(unittest.TestCase):
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        d = os.path.join(tempfile.mkdtemp(prefix="charter-it-"), "data")
+        d = os.path.join(scratch(self), "data")
         try:
             rc, _, err = run(["serve", "--data-dir", d, "--listen", "127.0.0.1:%d" % port])
             self.assertEqual(rc, 1)
@@ -73,7 +81,7 @@ class Serve(unittest.TestCase):
                 s.cleanup()
 
     def test_print_config_layers(self):
-        d = tempfile.mkdtemp(prefix="charter-it-")
+        d = scratch(self)
         cfg = os.path.join(d, "charter.yaml")
         with open(cfg, "w") as f:
             f.write("threads: 2\nmax_body: 2MiB\nsessions:\n  retention:\n    sweep_interval: 5s\n")
@@ -91,7 +99,7 @@ class Serve(unittest.TestCase):
         self.assertEqual(c["sessions.retention.sweep_interval"], "5000ms")
 
     def test_config_errors(self):
-        d = tempfile.mkdtemp(prefix="charter-it-")
+        d = scratch(self)
         cases = [("expires_at: 5s\n", "unknown config key"),
                  ("sessions:\n  retention:\n    sweep_interval: 30\n", "duration"),
                  ("a: &x {b: *x}\n", ""),
