@@ -229,8 +229,10 @@ CH_API bool ch_tenant_valid(const char *t);
  * Writes. Every write is a ch_req run by the writer thread inside a group commit.
  * ch_submit() validates on the calling thread; if that fails it returns the error
  * (in req->err too) and req->done is never called. Otherwise it returns CH_OK and
- * req->done(req) is called exactly once, on the writer thread, after the commit
- * holding the write is fsynced (or after it failed). ch_call() is the blocking form.
+ * req->done(req) is called exactly once, on libcharter's syncer thread, after the
+ * commit holding the write is fsynced (or after it failed). done must not block; it
+ * typically hands the request to the caller's own thread. ch_call() is the blocking
+ * form.
  * ------------------------------------------------------------------------------- */
 typedef enum ch_op {
     CH_OP_SESSION_CREATE,  /* body: {user, agent, mandate?, labels?, budget?} */

@@ -58,6 +58,7 @@ struct ch_db {
     ch_histogram fsync_seconds;
     uint64_t commit_failures;
     uint64_t fsync_failures;
+    bool sync_failed; /* atomic: an fsync failed; no write is accepted any more */
 };
 
 const ch_config *ch__db_config(ch_db *db)
@@ -110,26 +111,38 @@ static void run_batch(ch_db *db, ch_req *batch, int n)
     ch_store *w = db->w;
     ch_status st = db->m->begin(w);
 
-    for (ch_req *r = batch; r != NULL; r = r->next) {
-        if (st != CH_OK) {
-            ch_err_set(&r->err, CH_IO, NULL, "storage unavailable");
-            continue;
+    if (st == CH_OK && __atomic_load_n(&db->sync_failed, __ATOMIC_ACQUIRE)) {
+        db->m->rollback(w);
+        st = CH_IO;
+    }
+    for (ch_req *r = batch; r != NULL && st == CH_OK; r = r->next) {
+        ch_status rs = db->m->savepoint(w);
+        if (rs == CH_OK) {
+            rs = op_def(r->op)->exec(db, w, r);
+            if (rs != CH_OK && r->err.status == CH_OK)
+                ch_err_set(&r->err, rs, NULL, NULL);
+            if (rs != CH_OK) {
+                json_decref(r->result);
+                r->result = NULL;
+            }
+            /* If the savepoint cannot be undone (or SQLite already rolled the whole
+             * transaction back after a storage error), what is in the transaction is
+             * no longer known: the whole batch is abandoned below. */
+            if (db->m->release(w, rs == CH_OK) != CH_OK)
+                st = CH_IO;
+        } else {
+            st = CH_IO;
         }
-        if (db->m->savepoint(w) != CH_OK) {
-            ch_err_set(&r->err, CH_IO, NULL, "storage error");
-            continue;
-        }
-        ch_status rs = op_def(r->op)->exec(db, w, r);
-        if (rs != CH_OK && r->err.status == CH_OK)
-            ch_err_set(&r->err, rs, NULL, NULL);
-        if (rs != CH_OK) {
+    }
+    if (st != CH_OK) {
+        /* Nothing of this batch is committed: undo it and tell every request so. */
+        db->m->rollback(w);
+        for (ch_req *r = batch; r != NULL; r = r->next) {
+            ch_err_set(&r->err, CH_IO, NULL, "storage error; nothing was written");
             json_decref(r->result);
             r->result = NULL;
         }
-        if (db->m->release(w, rs == CH_OK) != CH_OK && rs == CH_OK)
-            ch_err_set(&r->err, CH_IO, NULL, "storage error");
-    }
-    if (st == CH_OK) {
+    } else {
         uint64_t t0 = ch_mono_ns();
         st = db->m->commit(w);
         ch_histogram_observe(&db->commit_seconds, (double)(ch_mono_ns() - t0) / 1e9);
@@ -179,9 +192,14 @@ static void *syncer_main(void *arg)
         ch_histogram_observe(&db->fsync_seconds, (double)(ch_mono_ns() - t0) / 1e9);
         if (st != CH_OK) {
             /* The batches are committed (and visible) but may not survive a power
-             * loss; their writers are told so rather than acknowledged. */
+             * loss; their writers are told so rather than acknowledged. A failed fsync
+             * is final: the kernel may have dropped the unwritten pages, and a later
+             * successful fsync would not bring them back, while WAL recovery stops at
+             * the first missing frame and would discard everything after it. So no
+             * later write is accepted until a restart has run recovery. */
             __atomic_fetch_add(&db->fsync_failures, 1, __ATOMIC_RELAXED);
-            ch_log(CH_LOG_ERROR, "fsync failed; writes answered with 500", NULL);
+            __atomic_store_n(&db->sync_failed, true, __ATOMIC_RELEASE);
+            ch_log(CH_LOG_ERROR, "fsync failed; refusing writes until restarted", NULL);
         }
         /* done() may free the request: read the link first. */
         for (ch_req *r = list, *next; r != NULL; r = next) {
@@ -251,6 +269,9 @@ ch_status ch_submit(ch_db *db, ch_req *req)
             return st;
         }
     }
+    if (__atomic_load_n(&db->sync_failed, __ATOMIC_ACQUIRE))
+        return ch_err_set(&req->err, CH_IO, NULL,
+                          "storage failed to sync; writes are refused until a restart");
     pthread_mutex_lock(&db->q_mu);
     if (db->stopping) {
         pthread_mutex_unlock(&db->q_mu);
@@ -337,7 +358,7 @@ static void *sweeper_main(void *arg)
                 ch_log(CH_LOG_ERROR, "retention sweep failed", "{s:s}", "error",
                        req.err.message);
             ch_req_dispose(&req);
-            if (!more)
+            if (!more || __atomic_load_n(&db->sweeper_stop, __ATOMIC_ACQUIRE))
                 break;
         }
         pthread_mutex_lock(&db->sw_mu);
@@ -406,7 +427,7 @@ void ch_db_close(ch_db *db)
         return;
     if (db->has_sweeper) {
         pthread_mutex_lock(&db->sw_mu);
-        db->sweeper_stop = true;
+        __atomic_store_n(&db->sweeper_stop, true, __ATOMIC_RELEASE);
         pthread_cond_signal(&db->sw_cv);
         pthread_mutex_unlock(&db->sw_mu);
         pthread_join(db->sweeper, NULL);

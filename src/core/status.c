@@ -33,29 +33,51 @@ const char *ch_strerror(ch_status st)
     return status_messages[st];
 }
 
-/* Cuts s back to a whole UTF-8 sequence and replaces any invalid byte by '?', so an
- * error message built from client input (a field name, a parser excerpt) can always
- * be sent as JSON. */
+/* Length of the valid UTF-8 sequence at p (RFC 3629: no overlongs, no surrogates,
+ * nothing above U+10FFFF), or 0 if the bytes there are not one. */
+static int utf8_seq(const unsigned char *p)
+{
+    unsigned char c = p[0];
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        return (p[1] & 0xC0) == 0x80 ? 2 : 0;
+    if (c >= 0xE0 && c <= 0xEF) {
+        unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        return p[1] >= lo && p[1] <= hi && (p[2] & 0xC0) == 0x80 ? 3 : 0;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        return p[1] >= lo && p[1] <= hi && (p[2] & 0xC0) == 0x80 && (p[3] & 0xC0) == 0x80 ? 4
+                                                                                            : 0;
+    }
+    return 0;
+}
+
+/* Makes s valid UTF-8 in place: a sequence cut short at the end (by truncation) is
+ * dropped and any other invalid byte becomes '?', so an error message built from
+ * client input (a field name, a parser excerpt) can always be sent as JSON. */
 static void utf8_sanitize(char *s)
 {
     unsigned char *p = (unsigned char *)s;
     while (*p) {
-        int n = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3
-                                 : (*p & 0xF8) == 0xF0 ? 4 : 0;
-        int ok = n > 0;
-        for (int i = 1; ok && i < n; i++)
-            ok = (p[i] & 0xC0) == 0x80;
-        if (n == 2 && ok)
-            ok = *p >= 0xC2;
-        if (!ok) {
-            if (n > 1 && p[1] == '\0') {
-                *p = '\0'; /* a sequence cut short by truncation */
-                return;
-            }
-            *p++ = '?';
+        int n = utf8_seq(p);
+        if (n > 0) {
+            p += n;
             continue;
         }
-        p += n;
+        /* A valid lead byte followed only by continuation bytes up to the end, fewer
+         * than it announces: a sequence cut short by truncation. */
+        int want = *p >= 0xF0 && *p <= 0xF4 ? 4 : *p >= 0xE0 && *p <= 0xEF ? 3
+                   : *p >= 0xC2 && *p <= 0xDF ? 2 : 0;
+        int have = 1;
+        while (have < want && (p[have] & 0xC0) == 0x80)
+            have++;
+        if (want > 0 && have < want && p[have] == '\0') {
+            *p = '\0';
+            return;
+        }
+        *p++ = '?';
     }
 }
 

@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "server.h"
 
 /* The one table from library status to HTTP status. */
@@ -115,8 +117,11 @@ static void send_error(call *c, const ch_err *e)
 {
     json_t *err = json_pack("{s:s, s:s}", "code", ch_status_name(e->status), "message",
                             e->message[0] ? e->message : ch_strerror(e->status));
+    if (err == NULL) /* a message jansson refuses: send the code and the generic text */
+        err = json_pack("{s:s, s:s}", "code", ch_status_name(e->status), "message",
+                        ch_strerror(e->status));
     if (e->field[0])
-        json_object_set_new(err, "field", json_string(e->field));
+        json_object_set_new(err, "field", json_string(e->field)); /* NULL: not set */
     if (e->state[0])
         json_object_set_new(err, "state", json_string(e->state));
     int status = http_status(e->status);
@@ -360,7 +365,7 @@ static json_t *body_of(call *c, bool allow_empty, ch_err *e)
 #define AUTH_TTL_MS 5000
 
 typedef struct auth_entry {
-    char key[CH_KEY_MAX];
+    uint8_t hash[32]; /* SHA-256 of the key: no plaintext key stays in memory */
     char tenant[CH_TENANT_MAX];
     int64_t until;
 } auth_entry;
@@ -380,18 +385,19 @@ static ch_status authenticate(call *c, char tenant[CH_TENANT_MAX])
     memcpy(key, v.base + 7, v.len - 7);
     key[v.len - 7] = '\0';
 
-    unsigned h = 2166136261u;
-    for (const char *p = key; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    auth_entry *slot = &auth_cache[h % AUTH_CACHE];
+    uint8_t hash[32];
+    crypto_hash_sha256(hash, (const unsigned char *)key, strlen(key));
+    auth_entry *slot = &auth_cache[hash[0] % AUTH_CACHE];
     int64_t now = ch_now_ms();
-    if (slot->until > now && strcmp(slot->key, key) == 0) {
+    if (slot->until > now && sodium_memcmp(slot->hash, hash, sizeof(hash)) == 0) {
         memcpy(tenant, slot->tenant, CH_TENANT_MAX);
+        sodium_memzero(key, sizeof(key));
         return CH_OK;
     }
     ch_status st = ch_key_lookup(ch__server.db, key, tenant);
+    sodium_memzero(key, sizeof(key));
     if (st == CH_OK) {
-        memcpy(slot->key, key, sizeof(key));
+        memcpy(slot->hash, hash, sizeof(hash));
         memcpy(slot->tenant, tenant, CH_TENANT_MAX);
         slot->until = now + AUTH_TTL_MS;
     }
@@ -687,7 +693,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     int n = split_path(req, seg);
     char tenant[CH_TENANT_MAX];
 
-    if (ch__server.stopping) {
+    if (__atomic_load_n(&ch__server.stopping, __ATOMIC_ACQUIRE)) {
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONNECTION, NULL,
                        H2O_STRLIT("close"));
         fail(&c, CH_SHUTTING_DOWN, NULL, "the server is shutting down");

@@ -62,6 +62,13 @@ static int bootstrap(ch_db *db, const char *data_dir)
         return -1;
     }
     close(fd);
+    /* The file's directory entry must be durable too, or a crash could keep the key
+     * (in the database) but lose the only copy of its text. */
+    int dfd = open(data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
     ch_log(CH_LOG_INFO, "created tenant 'default'", "{s:s}", "key_file", path);
     return 0;
 }
@@ -164,9 +171,11 @@ static void *loop_main(void *arg)
     snprintf(name, sizeof(name), "ch-http-%d", t->index);
     pthread_setname_np(pthread_self(), name);
     loop_setup(t);
-    while (!ch__server.exiting) {
-        if (ch__server.stopping && !t->shutdown_started) {
-            t->shutdown_started = true;
+    while (!__atomic_load_n(&ch__server.exiting, __ATOMIC_ACQUIRE)) {
+        if (__atomic_load_n(&ch__server.stopping, __ATOMIC_ACQUIRE) && !t->shutdown_started) {
+            /* Between two runs of the loop no handler is active: any write a handler
+             * accepted before it saw `stopping` is already counted in `inflight`. */
+            __atomic_store_n(&t->shutdown_started, 1, __ATOMIC_RELEASE);
             h2o_socket_read_stop(t->listener);
             h2o_socket_close(t->listener);
             t->listener = NULL;
@@ -322,13 +331,20 @@ int ch__serve_main(int argc, char **argv)
 
     sigwait(&sigs, &sig);
     ch_log(CH_LOG_INFO, "draining", "{s:s}", "signal", strsignal(sig));
-    s->stopping = 1;
+    __atomic_store_n(&s->stopping, 1, __ATOMIC_RELEASE);
     uint64_t deadline = ch_mono_ns() + (uint64_t)s->cfg.drain_timeout * 1000000u;
+    /* First every loop acknowledges the stop (so no handler can still be about to
+     * submit a write), then the writes in flight are waited for. */
+    for (int i = 0; i < s->nthreads && ch_mono_ns() < deadline; i++) {
+        while (!__atomic_load_n(&s->threads[i].shutdown_started, __ATOMIC_ACQUIRE) &&
+               ch_mono_ns() < deadline)
+            usleep(1000);
+    }
     while (__atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE) > 0 && ch_mono_ns() < deadline)
         usleep(2000);
     /* Let the loops flush the last replies before they stop. */
     usleep(100000);
-    s->exiting = 1;
+    __atomic_store_n(&s->exiting, 1, __ATOMIC_RELEASE);
     for (int i = 0; i < s->nthreads; i++)
         pthread_join(s->threads[i].tid, NULL);
     int64_t left = __atomic_load_n(&s->inflight, __ATOMIC_ACQUIRE);

@@ -49,7 +49,7 @@ typedef struct ch_server_thread {
     h2o_socket_t *listener;
     h2o_multithread_queue_t *queue;
     h2o_multithread_receiver_t completions; /* writer → this loop */
-    bool shutdown_started;
+    int shutdown_started; /* atomic: set by the loop once it saw `stopping` */
 } ch_server_thread;
 
 /* What every handler needs; one per process. */
@@ -60,8 +60,8 @@ typedef struct ch_server {
     int listen_fd;
     int nthreads;
     ch_server_thread *threads;
-    volatile int stopping;  /* SIGTERM seen: refuse new work, drain */
-    volatile int exiting;   /* drained: loops return */
+    int stopping; /* atomic: a stop signal was seen; refuse new work, drain */
+    int exiting;  /* atomic: drained; the loops return */
     int64_t inflight;       /* requests waiting on the writer (atomic) */
 } ch_server;
 

@@ -336,6 +336,12 @@ static ch_status append_exec(ch_db *db, ch_store *w, ch_req *req)
     st = ch__session_may_continue(db, w, &s, &req->err);
     if (st != CH_OK)
         goto out;
+    if (s.usage_tokens > INT64_MAX - a->tokens || s.usage_tool_calls > INT64_MAX - a->tool_calls ||
+        s.usage_cost_usd + a->cost_usd > 9e15) {
+        st = ch_err_set(&req->err, CH_INVALID_VALUE, "usage",
+                        "the session's usage totals would overflow");
+        goto out;
+    }
     if (a->expect_seq >= 0 && a->expect_seq != s.seq) {
         st = ch_err_set(&req->err, CH_SEQ_CONFLICT, "expect_seq",
                         "expect_seq is %lld but the session is at seq %lld",

@@ -336,17 +336,29 @@ static ch_status s_sync(ch_store *base)
 {
     sqlite_store *s = (sqlite_store *)base;
     struct stat st;
-    if (stat(s->wal_path, &st) != 0)
-        return errno == ENOENT ? CH_OK : io_error(s, "stat wal");
+    /* Runs on the syncer thread while the writer uses s->db: it must not touch the
+     * SQLite handle, not even for an error message. */
+    if (stat(s->wal_path, &st) != 0) {
+        if (errno == ENOENT)
+            return CH_OK;
+        ch_log(CH_LOG_ERROR, "cannot stat the WAL", "{s:s}", "error", strerror(errno));
+        return CH_IO;
+    }
     if (s->wal_fd < 0 || st.st_ino != s->wal_ino) {
         if (s->wal_fd >= 0)
             close(s->wal_fd);
         s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC);
-        if (s->wal_fd < 0)
+        if (s->wal_fd < 0) {
+            ch_log(CH_LOG_ERROR, "cannot open the WAL", "{s:s}", "error", strerror(errno));
             return CH_IO;
+        }
         s->wal_ino = st.st_ino;
     }
-    return fdatasync(s->wal_fd) == 0 ? CH_OK : CH_IO;
+    if (fdatasync(s->wal_fd) != 0) {
+        ch_log(CH_LOG_ERROR, "fdatasync of the WAL failed", "{s:s}", "error", strerror(errno));
+        return CH_IO;
+    }
+    return CH_OK;
 }
 
 static int sync_dir(const char *dir)

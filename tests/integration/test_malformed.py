@@ -557,6 +557,15 @@ class Corpus(unittest.TestCase):
         ]
         self.run_cases([(m, p, b, 405, "method_not_allowed") for m, p, b in cases])
 
+    def test_query_names_not_utf8(self):
+        """Query parameter names that decode to invalid UTF-8 (surrogates, overlongs,
+        bytes above U+10FFFF, cut sequences) are a client mistake: 400, never 500."""
+        for name in ("%ED%A0%80", "%E0%80%80", "%F5%80%80%80", "%C3", "%C0%AF"):
+            with self.subTest(name=name):
+                r = srv.request("GET", "/v1/sessions?%s=1" % name)
+                self.assertEqual(r.status, 400, r.raw)
+                self.assertIn(r.json["error"]["code"], ("unknown_field", "bad_request"))
+
     def test_bad_query_params(self):
         E = "/v1/sessions/%s/events?" % SID
         cases = []

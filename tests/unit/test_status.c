@@ -150,10 +150,39 @@ static void test_err_clear(void **state)
     assert_string_equal(e.state, "");
 }
 
+/* Error text built from client bytes must always be valid UTF-8 (it is sent as JSON):
+ * surrogates, overlongs, bytes above U+10FFFF and stray continuation bytes become '?',
+ * a sequence cut short at the end is dropped, valid text is kept as it is. */
+static void test_err_text_is_valid_utf8(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        {"\xED\xA0\x80", "???"},          /* UTF-16 surrogate */
+        {"\xE0\x80\x80", "???"},          /* overlong */
+        {"\xF5\x80\x80\x80", "????"},    /* above U+10FFFF */
+        {"\xC0\xAF", "??"},               /* overlong '/' */
+        {"a\x80" "b", "a?b"},              /* stray continuation byte */
+        {"ok \xC3\xA9", "ok \xC3\xA9"},     /* valid: kept */
+        {"\xF0\x9F\x98\x80", "\xF0\x9F\x98\x80"}, /* valid 4-byte: kept */
+        {"cut \xE2\x82", "cut "},          /* cut short at the end: dropped */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ch_err e;
+        ch_err_set(&e, CH_UNKNOWN_FIELD, cases[i].in, "field %s", cases[i].in);
+        assert_string_equal(e.field, cases[i].want);
+        json_t *j = json_string(e.message);
+        assert_non_null(j);
+        json_decref(j);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_distinct_and_non_empty),
+        cmocka_unit_test(test_err_text_is_valid_utf8),
         cmocka_unit_test(test_names_known_values),
         cmocka_unit_test(test_messages_distinct_and_non_empty),
         cmocka_unit_test(test_out_of_range_is_safe),
