@@ -722,7 +722,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     }
     ch_status st = authenticate(&c, tenant);
     if (st != CH_OK) {
-        fail(&c, st == CH_UNAUTHORIZED ? CH_UNAUTHORIZED : st, NULL,
+        fail(&c, st, NULL,
              st == CH_UNAUTHORIZED ? "missing or invalid API key (Authorization: Bearer chk_...)"
                                    : "cannot verify the API key");
         return 0;
