@@ -53,7 +53,9 @@ extern "C" {
     XX(IO, "internal", "storage error")                                                    \
     XX(INTERNAL, "internal", "internal error")                                             \
     XX(CONFIG, "config", "invalid configuration")                                          \
-    XX(EXISTS, "exists", "already exists")
+    XX(EXISTS, "exists", "already exists")                                                 \
+    XX(NOT_SUBSET, "not_subset", "exceeds the authority it derives from")                  \
+    XX(NO_CHANGE, "no_change", "the request changes nothing")
 
 typedef enum ch_status {
 #define CH__STATUS_ENUM(name, code, msg) CH_##name,
@@ -304,6 +306,27 @@ CH_API ch_status ch_facts_list(ch_db *db, const char *tenant, const char *id, js
 /* {session, facts, summary, events, next_after}; limit 1..10000 */
 CH_API ch_status ch_bundle(ch_db *db, const char *tenant, const char *id, int limit,
                            json_t **out, ch_err *e);
+
+/* ---------------------------------------------------------------------------------
+ * Mandate artifacts: offline verification of the signed tokens that
+ * POST /v1/mandates/{id}/artifact issues.
+ * ------------------------------------------------------------------------------- */
+
+/* Verifies an artifact against the server's public key, given as the JWK JSON text
+ * that GET /v1/keys/signing returns (jwk_len bytes): token format, algorithm, key id,
+ * Ed25519 signature, and expiry (exp must be later than now_ms). Returns CH_OK, or
+ * CH_INVALID_VALUE with e saying which part failed. On success and when claims is not
+ * NULL, *claims is a new reference to the payload object. */
+CH_API ch_status ch_artifact_verify(const char *jwk, size_t jwk_len, const char *token,
+                                    int64_t now_ms, json_t **claims, ch_err *e);
+
+/* Decides one action from verified claims, offline. Only `read` and `write` may be
+ * decided this way: `external` and `irreversible` answer false with *reason
+ * "online_check_required" (fail closed). Otherwise *reason is "ok" or one of
+ * "tool_out_of_scope", "lane_out_of_scope", "resource_out_of_scope",
+ * "class_out_of_scope" (an unknown class is "class_out_of_scope"). */
+CH_API bool ch_artifact_decide(const json_t *claims, const char *tool, const char *lane,
+                               const char *resource, const char *cls, const char **reason);
 
 #ifdef __cplusplus
 }

@@ -25,6 +25,7 @@ static int http_status(ch_status st)
     case CH_MISSING_FIELD:
     case CH_INVALID_TYPE:
     case CH_UNKNOWN_FIELD:
+    case CH_NO_CHANGE:
         return 400;
     case CH_UNAUTHORIZED:
         return 401;
@@ -42,6 +43,7 @@ static int http_status(ch_status st)
         return 413;
     case CH_INVALID_VALUE:
     case CH_RESERVED_KIND:
+    case CH_NOT_SUBSET:
         return 422;
     case CH_SHUTTING_DOWN:
         return 503;
