@@ -63,12 +63,12 @@ static void check_config(const ch_config *c, bool json)
         fail("log_level out of range", "");
     if (c->drain_timeout < 0 || c->retention.close_idle_after < 0 ||
         c->retention.archive_closed_after < 0 || c->retention.delete_archived_after < 0 ||
-        c->retention.sweep_interval < 0)
+        c->retention.sweep_interval < 0 || c->max_staleness < 0 || c->events_retention < 0)
         fail("negative duration", "");
     if (!json)
         return;
     json_t *j = ch_config_to_json(c);
-    if (j == NULL || json_object_size(j) != 11)
+    if (j == NULL || json_object_size(j) != 13)
         fail("ch_config_to_json lost keys", c->data_dir);
     json_decref(j);
 }

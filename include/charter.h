@@ -105,6 +105,9 @@ CH_API uint64_t ch_mono_ns(void);
 /* Formats ms as RFC 3339 UTC with milliseconds; out holds at least 32 bytes. */
 CH_API void ch_time_format(int64_t ms, char out[32]);
 /* Parses "500ms", "30s", "5m", "24h", "7d" (or a bare "0") into milliseconds. */
+/* Parses an RFC 3339 date-time (`2026-11-21T05:00:00Z`, fractions to milliseconds,
+ * `Z` or a `±hh:mm` offset) into ms since the epoch; CH_INVALID_VALUE otherwise. */
+CH_API ch_status ch_time_parse(const char *s, int64_t *ms);
 CH_API ch_status ch_duration_parse(const char *s, int64_t *ms);
 /* Parses a byte size: "1048576", "512KiB", "1MiB", "1MB", "2GiB". */
 CH_API ch_status ch_size_parse(const char *s, uint64_t *bytes);
@@ -152,6 +155,8 @@ typedef struct ch_config {
     ch_log_level log_level;
     int64_t drain_timeout; /* ms SIGTERM waits for in-flight requests */
     ch_retention retention;
+    int64_t max_staleness;    /* ms: mandates.max_staleness, longest artifact life (30s) */
+    int64_t events_retention; /* ms: events.retention, stream history kept (7d; 0 = all) */
 } ch_config;
 
 /* Fills c with the built-in defaults. */
@@ -248,6 +253,16 @@ typedef enum ch_op {
     CH_OP_FACT_DELETE,     /* id, key */
     CH_OP_KEY_CREATE,      /* internal: see ch_key_create() */
     CH_OP_RETENTION_SWEEP, /* internal: one retention pass */
+    CH_OP_MANDATE_CREATE,    /* body: see docs/api.md */
+    CH_OP_MANDATE_DELEGATE,  /* id = parent; body: the child */
+    CH_OP_MANDATE_PATCH,     /* id; body: {scope?, expires_at?, conditions?} */
+    CH_OP_MANDATE_APPROVE,   /* id; body: {reason?} or NULL (as for the four below) */
+    CH_OP_MANDATE_SUSPEND,   /* id */
+    CH_OP_MANDATE_REINSTATE, /* id */
+    CH_OP_MANDATE_REVOKE,    /* id */
+    CH_OP_MANDATE_COMPLETE,  /* id */
+    CH_OP_MANDATE_EXPIRE,    /* internal: body = array of ids whose deadline passed */
+    CH_OP_AUDIT_FLUSH,       /* internal: writes queued check decisions */
     CH__OP_COUNT
 } ch_op;
 
@@ -306,6 +321,65 @@ CH_API ch_status ch_facts_list(ch_db *db, const char *tenant, const char *id, js
 /* {session, facts, summary, events, next_after}; limit 1..10000 */
 CH_API ch_status ch_bundle(ch_db *db, const char *tenant, const char *id, int limit,
                            json_t **out, ch_err *e);
+
+/* ---------------------------------------------------------------------------------
+ * Mandates: reads and the check. Writes are ch_req operations (CH_OP_MANDATE_*).
+ * ------------------------------------------------------------------------------- */
+
+/* The mandate's public JSON (see docs/api.md). */
+CH_API ch_status ch_mandate_get(ch_db *db, const char *tenant, const char *id, json_t **out,
+                                ch_err *e);
+/* {mandate, ancestors:[...], descendants:[...]} */
+CH_API ch_status ch_mandate_tree(ch_db *db, const char *tenant, const char *id, json_t **out,
+                                 ch_err *e);
+/* Issues a signed artifact for an active mandate; body {ttl}. {artifact, expires_at,
+ * version}. */
+CH_API ch_status ch_mandate_artifact(ch_db *db, const char *tenant, const char *id,
+                                     const json_t *body, json_t **out, ch_err *e);
+/* The public half of the artifact signing key, as a JWK (new reference). */
+CH_API json_t *ch_signing_key(ch_db *db);
+
+typedef struct ch_action {
+    const char *tool, *lane, *resource, *cls;
+} ch_action;
+
+typedef struct ch_decision {
+    bool allow;
+    const char *reason;      /* "ok" or a deny reason (static) */
+    int64_t mandate_version; /* 0 when the mandate is unknown */
+    char decision_id[CH_ID_MAX];
+    int64_t checked_at; /* ms */
+} ch_decision;
+
+/* The one check: is mandate (of tenant) valid now, and is action within its bounds?
+ * Answered from memory; never blocks on storage. actor and session may be NULL.
+ * Every decision is queued for the audit log. */
+CH_API void ch_check(ch_db *db, const char *tenant, const char *mandate, const char *actor,
+                     const char *session, const ch_action *action, ch_decision *out);
+/* The HTTP form: body {mandate | artifact, actor?, session?, action}; *out is the reply
+ * object. Fails only on a malformed body. */
+CH_API ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_t **out,
+                               ch_err *e);
+
+/* {records:[...], next_after}: audit records of tenant, of mandate's subtree when
+ * mandate is not NULL; limit 1..1000. */
+CH_API ch_status ch_audit_list(ch_db *db, const char *tenant, const char *mandate,
+                               int64_t after, int limit, json_t **out, ch_err *e);
+
+/* ---------------------------------------------------------------------------------
+ * The event stream: mandate and session lifecycle events, persisted in commit order.
+ * ------------------------------------------------------------------------------- */
+
+/* {events:[{id, type, at, ...}], last_id}: at most limit (1..1000) events of tenant
+ * with id > after. */
+CH_API ch_status ch_stream_list(ch_db *db, const char *tenant, int64_t after, int limit,
+                                json_t **out, ch_err *e);
+/* The id of the last durable stream event (0 when none). */
+CH_API int64_t ch_stream_last(ch_db *db);
+/* Registers fn, called on libcharter's syncer thread with the last durable id each
+ * time new stream events have been made durable. fn must not block. Set it before
+ * writes start; one listener. */
+CH_API void ch_db_on_stream(ch_db *db, void (*fn)(void *arg, int64_t last_id), void *arg);
 
 /* ---------------------------------------------------------------------------------
  * Mandate artifacts: offline verification of the signed tokens that

@@ -31,6 +31,42 @@ struct ch__req_priv {
 /* The operations defined by each module, indexed by ch_op (NULL where not theirs). */
 extern const ch__op_def *const ch__session_ops[CH__OP_COUNT];
 extern const ch__op_def *const ch__key_ops[CH__OP_COUNT];
+extern const ch__op_def *const ch__mandate_ops[CH__OP_COUNT];
+
+/* The db's backend, mandate registry, audit queue and signer. */
+const ch_store_methods *ch__db_store(ch_db *db);
+struct ch__registry *ch__db_registry(ch_db *db);
+struct ch__audit_queue *ch__db_audit(ch_db *db);
+const struct ch__signer *ch__db_signer(ch_db *db);
+
+/* The writer's pending mandate changes (registry.c): a request's changes are undone
+ * back to the mark taken before it when its savepoint is undone; a batch's are
+ * published after its commit. */
+size_t ch__registry_mark(struct ch__registry *reg);
+void ch__registry_undo(struct ch__registry *reg, size_t mark);
+void ch__registry_publish(struct ch__registry *reg);
+
+/* Appends an event to tenant's stream inside the current transaction (data is a JSON
+ * object, stolen). Writer only. */
+ch_status ch__stream_emit(ch_db *db, ch_store *w, const char *tenant, const char *type,
+                          json_t *data, int64_t now);
+/* Writer: the highest stream id written by the current batch so far (db.c). */
+void ch__db_stream_wrote(ch_db *db, int64_t id);
+
+/* A session being created with `mandate`: CH_OK when the mandate exists in tenant and
+ * holds; CH_INVALID_VALUE (unknown) or CH_MANDATE_INACTIVE. Writer only. */
+ch_status ch__mandate_may_bind(ch_db *db, const char *tenant, const char *mandate, ch_err *e);
+/* Does mandate (of tenant) hold now: it and every ancestor active and unexpired?
+ * CH_OK or CH_MANDATE_INACTIVE (e->state: the mandate's state). Writer only. */
+ch_status ch__mandate_may_continue(ch_db *db, const char *tenant, const char *mandate,
+                                   ch_err *e);
+/* Adds a session's usage to its mandate and every ancestor. Writer only. */
+ch_status ch__mandate_spend(ch_db *db, ch_store *w, const char *tenant, const char *mandate,
+                            int64_t tokens, double cost_usd, int64_t tool_calls);
+/* Moves every open/active/paused session of tenant bound to mandate to `inert`, with
+ * a lifecycle event (reason, and cause: the mandate whose change it was). */
+ch_status ch__sessions_inert(ch_db *db, ch_store *w, const char *tenant, const char *mandate,
+                             const char *reason, const char *cause, int64_t now);
 
 /* The db's configuration (owned by db). */
 const ch_config *ch__db_config(ch_db *db);

@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define CH_STORE_VERSION 1
+#define CH_STORE_VERSION 2
 
 /* Session states. The names are the public `state` values. Add new states last. */
 #define CH_SESSION_STATE_MAP(XX)                                                           \
@@ -96,6 +96,46 @@ typedef int (*ch_session_cb)(void *arg, const ch_session_rec *s);
 typedef int (*ch_event_cb)(void *arg, const ch_event_rec *ev);
 typedef int (*ch_fact_cb)(void *arg, const char *key, const char *value, size_t value_len,
                           int64_t updated_at);
+
+/* One mandate as stored: doc is a JSON object with every field of the mandate except
+ * its spending, which is kept apart because every append with usage updates it. */
+typedef struct ch_mandate_row {
+    const char *id;
+    const char *tenant;
+    const char *doc;
+    size_t doc_len;
+    int64_t spent_tokens;
+    double spent_cost_usd;
+    int64_t spent_tool_calls;
+} ch_mandate_row;
+
+/* One entry of a tenant's event stream (mandate and session lifecycle events). ids
+ * increase in commit order and are never reused. data is a JSON object's text. */
+typedef struct ch_stream_row {
+    int64_t id;
+    const char *tenant;
+    const char *type;
+    int64_t at;
+    const char *data;
+    size_t data_len;
+} ch_stream_row;
+
+/* One audit record. lineage is the ids from the root mandate down to `mandate`, each
+ * followed by '/', so a subtree is a prefix range. data is a JSON object's text. */
+typedef struct ch_audit_row {
+    int64_t id;
+    const char *tenant;
+    int64_t at;
+    const char *kind;
+    const char *mandate; /* "" when none */
+    const char *lineage; /* "" when none */
+    const char *data;
+    size_t data_len;
+} ch_audit_row;
+
+typedef int (*ch_mandate_cb)(void *arg, const ch_mandate_row *m);
+typedef int (*ch_stream_cb)(void *arg, const ch_stream_row *r);
+typedef int (*ch_audit_cb)(void *arg, const ch_audit_row *r);
 
 typedef struct ch_store ch_store;
 typedef struct ch_store_methods ch_store_methods;
@@ -165,6 +205,37 @@ struct ch_store_methods {
     ch_status (*fact_get)(ch_store *st, int64_t sid, const char *key, ch_fact_cb cb, void *arg);
     ch_status (*fact_delete)(ch_store *st, int64_t sid, const char *key);
     ch_status (*fact_list)(ch_store *st, int64_t sid, ch_fact_cb cb, void *arg);
+
+    /* ---- version 2 ---- */
+
+    /* Sessions of tenant bound to mandate, in id order. */
+    ch_status (*session_by_mandate)(ch_store *st, const char *tenant, const char *mandate,
+                                    ch_session_cb cb, void *arg);
+
+    /* Mandates. mandate_put inserts, or replaces the doc of an existing id (its spending
+     * is kept); mandate_spend adds to a mandate's spending; mandate_load gives every
+     * mandate of every tenant, each after its parent (insertion order). */
+    ch_status (*mandate_put)(ch_store *st, const ch_mandate_row *m);
+    ch_status (*mandate_spend)(ch_store *st, const char *id, int64_t tokens, double cost_usd,
+                               int64_t tool_calls);
+    ch_status (*mandate_load)(ch_store *st, ch_mandate_cb cb, void *arg);
+
+    /* The event stream. stream_append sets *id; stream_list gives, in id order, at most
+     * limit entries of tenant with id > after; stream_last gives the highest id (0 when
+     * empty); stream_trim deletes entries older than before. */
+    ch_status (*stream_append)(ch_store *st, const char *tenant, const char *type, int64_t at,
+                               const char *data, int64_t *id);
+    ch_status (*stream_list)(ch_store *st, const char *tenant, int64_t after, int limit,
+                             ch_stream_cb cb, void *arg);
+    ch_status (*stream_last)(ch_store *st, int64_t *id);
+    ch_status (*stream_trim)(ch_store *st, int64_t before);
+
+    /* Audit. audit_append assigns the id; audit_list gives, in id order, at most limit
+     * records of tenant with id > after whose lineage starts with lineage_prefix (NULL:
+     * all). */
+    ch_status (*audit_append)(ch_store *st, const ch_audit_row *r);
+    ch_status (*audit_list)(ch_store *st, const char *tenant, const char *lineage_prefix,
+                            int64_t after, int limit, ch_audit_cb cb, void *arg);
 };
 
 /* Registers a backend under methods->name (before ch_db_open). The built-in "sqlite"

@@ -38,6 +38,8 @@ static const key_def keys[] = {
     {"sessions.retention.delete_archived_after", K_DURATION,
      FIELD(retention.delete_archived_after)},
     {"sessions.retention.sweep_interval", K_DURATION, FIELD(retention.sweep_interval)},
+    {"mandates.max_staleness", K_DURATION, FIELD(max_staleness)},
+    {"events.retention", K_DURATION, FIELD(events_retention)},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -55,6 +57,8 @@ void ch_config_defaults(ch_config *c)
     c->retention.archive_closed_after = 30LL * 86400000;
     c->retention.delete_archived_after = 0;
     c->retention.sweep_interval = 60000;
+    c->max_staleness = 30000;
+    c->events_retention = 7LL * 86400000;
 }
 
 static const key_def *find_key(const char *name)

@@ -22,7 +22,8 @@
 
 #include <sodium.h>
 
-#include "internal.h"
+#include "core/signing.h"
+#include "mandates/mandates.h"
 
 #define MAX_BATCH 4096
 
@@ -59,7 +60,55 @@ struct ch_db {
     uint64_t commit_failures;
     uint64_t fsync_failures;
     bool sync_failed; /* atomic: an fsync failed; no write is accepted any more */
+
+    ch__registry *registry; /* every mandate, in memory */
+    ch__audit_queue *audit; /* check decisions waiting for the writer */
+    ch__signer *signer;     /* the artifact signing key */
+
+    /* The event stream: ids written by the running batch, committed, durable. */
+    int64_t stream_batch;     /* writer only */
+    int64_t stream_committed; /* atomic: written by the writer after commit */
+    int64_t stream_durable;   /* atomic: set by the syncer after the fsync */
+    void (*on_stream)(void *arg, int64_t last_id);
+    void *on_stream_arg;
 };
+
+const ch_store_methods *ch__db_store(ch_db *db)
+{
+    return db->m;
+}
+
+ch__registry *ch__db_registry(ch_db *db)
+{
+    return db->registry;
+}
+
+ch__audit_queue *ch__db_audit(ch_db *db)
+{
+    return db->audit;
+}
+
+const ch__signer *ch__db_signer(ch_db *db)
+{
+    return db->signer;
+}
+
+void ch__db_stream_wrote(ch_db *db, int64_t id)
+{
+    if (id > db->stream_batch)
+        db->stream_batch = id;
+}
+
+int64_t ch_stream_last(ch_db *db)
+{
+    return __atomic_load_n(&db->stream_durable, __ATOMIC_ACQUIRE);
+}
+
+void ch_db_on_stream(ch_db *db, void (*fn)(void *arg, int64_t last_id), void *arg)
+{
+    db->on_stream_arg = arg;
+    __atomic_store_n(&db->on_stream, fn, __ATOMIC_RELEASE);
+}
 
 const ch_config *ch__db_config(ch_db *db)
 {
@@ -72,6 +121,8 @@ static const ch__op_def *op_def(ch_op op)
         return NULL;
     if (ch__session_ops[op] != NULL)
         return ch__session_ops[op];
+    if (ch__mandate_ops[op] != NULL)
+        return ch__mandate_ops[op];
     return ch__key_ops[op];
 }
 
@@ -115,10 +166,17 @@ static void run_batch(ch_db *db, ch_req *batch, int n)
         db->m->rollback(w);
         st = CH_IO;
     }
+    int64_t stream_before = db->stream_batch;
     for (ch_req *r = batch; r != NULL && st == CH_OK; r = r->next) {
         ch_status rs = db->m->savepoint(w);
+        size_t mark = ch__registry_mark(db->registry);
+        int64_t stream_mark = db->stream_batch;
         if (rs == CH_OK) {
             rs = op_def(r->op)->exec(db, w, r);
+            if (rs != CH_OK) {
+                ch__registry_undo(db->registry, mark);
+                db->stream_batch = stream_mark;
+            }
             if (rs != CH_OK && r->err.status == CH_OK)
                 ch_err_set(&r->err, rs, NULL, NULL);
             if (rs != CH_OK) {
@@ -137,6 +195,8 @@ static void run_batch(ch_db *db, ch_req *batch, int n)
     if (st != CH_OK) {
         /* Nothing of this batch is committed: undo it and tell every request so. */
         db->m->rollback(w);
+        ch__registry_undo(db->registry, 0);
+        db->stream_batch = stream_before;
         for (ch_req *r = batch; r != NULL; r = r->next) {
             ch_err_set(&r->err, CH_IO, NULL, "storage error; nothing was written");
             json_decref(r->result);
@@ -147,8 +207,14 @@ static void run_batch(ch_db *db, ch_req *batch, int n)
         st = db->m->commit(w);
         ch_histogram_observe(&db->commit_seconds, (double)(ch_mono_ns() - t0) / 1e9);
         ch_histogram_observe(&db->batch_size, (double)n);
-        if (st != CH_OK) {
+        if (st == CH_OK) {
+            /* Visible to checks from now on; acknowledged only after the fsync. */
+            ch__registry_publish(db->registry);
+            __atomic_store_n(&db->stream_committed, db->stream_batch, __ATOMIC_RELEASE);
+        } else {
             db->m->rollback(w);
+            ch__registry_undo(db->registry, 0);
+            db->stream_batch = stream_before;
             __atomic_fetch_add(&db->commit_failures, 1, __ATOMIC_RELAXED);
             for (ch_req *r = batch; r != NULL; r = r->next) {
                 if (r->err.status == CH_OK) {
@@ -187,6 +253,7 @@ static void *syncer_main(void *arg)
         if (list == NULL)
             break;
         /* Every request on the list was committed before this sync begins. */
+        int64_t stream = __atomic_load_n(&db->stream_committed, __ATOMIC_ACQUIRE);
         uint64_t t0 = ch_mono_ns();
         ch_status st = db->m->sync(db->w);
         ch_histogram_observe(&db->fsync_seconds, (double)(ch_mono_ns() - t0) / 1e9);
@@ -200,6 +267,12 @@ static void *syncer_main(void *arg)
             __atomic_fetch_add(&db->fsync_failures, 1, __ATOMIC_RELAXED);
             __atomic_store_n(&db->sync_failed, true, __ATOMIC_RELEASE);
             ch_log(CH_LOG_ERROR, "fsync failed; refusing writes until restarted", NULL);
+        }
+        if (st == CH_OK && stream > db->stream_durable) {
+            __atomic_store_n(&db->stream_durable, stream, __ATOMIC_RELEASE);
+            void (*fn)(void *, int64_t) = __atomic_load_n(&db->on_stream, __ATOMIC_ACQUIRE);
+            if (fn != NULL)
+                fn(db->on_stream_arg, stream);
         }
         /* done() may free the request: read the link first. */
         for (ch_req *r = list, *next; r != NULL; r = next) {
@@ -393,8 +466,25 @@ ch_status ch_db_open(const ch_config *cfg, bool start_sweeper, ch_db **out, ch_e
         ch_err_set(e, CH_CONFIG, "store", "unknown store backend '%s'", cfg->store);
         goto fail;
     }
+    if (db->m->version < 2) {
+        ch_err_set(e, CH_CONFIG, "store", "store backend '%s' implements version %d; 2 is needed",
+                   cfg->store, db->m->version);
+        goto fail;
+    }
     if (db->m->open(cfg->data_dir, true, &db->w, e) != CH_OK)
         goto fail;
+    if (ch__signer_open(cfg->data_dir, &db->signer, e) != CH_OK ||
+        ch__registry_open(db, db->w, &db->registry, e) != CH_OK)
+        goto fail;
+    if ((db->audit = ch__audit_queue_new()) == NULL) {
+        ch_err_set(e, CH_NOMEM, NULL, NULL);
+        goto fail;
+    }
+    if (db->m->stream_last(db->w, &db->stream_durable) != CH_OK) {
+        ch_err_set(e, CH_IO, NULL, "cannot read the event stream");
+        goto fail;
+    }
+    db->stream_committed = db->stream_batch = db->stream_durable;
     if (pthread_create(&db->syncer, NULL, syncer_main, db) != 0) {
         ch_err_set(e, CH_INTERNAL, NULL, "cannot start the syncer thread");
         goto fail;
@@ -408,6 +498,7 @@ ch_status ch_db_open(const ch_config *cfg, bool start_sweeper, ch_db **out, ch_e
         pthread_join(db->syncer, NULL);
         goto fail;
     }
+    ch__registry_expiry_start(db->registry, db);
     if (start_sweeper && cfg->retention.sweep_interval > 0) {
         if (pthread_create(&db->sweeper, NULL, sweeper_main, db) == 0)
             db->has_sweeper = true;
@@ -415,6 +506,9 @@ ch_status ch_db_open(const ch_config *cfg, bool start_sweeper, ch_db **out, ch_e
     *out = db;
     return CH_OK;
 fail:
+    ch__registry_close(db->registry);
+    ch__audit_queue_free(db->audit);
+    ch__signer_close(db->signer);
     if (db->w != NULL)
         db->m->close(db->w);
     free(db);
@@ -432,6 +526,11 @@ void ch_db_close(ch_db *db)
         pthread_mutex_unlock(&db->sw_mu);
         pthread_join(db->sweeper, NULL);
     }
+    /* No more expiries; queued check decisions are written before the writer stops. */
+    ch__registry_expiry_stop(db->registry);
+    ch_req flush = {.op = CH_OP_AUDIT_FLUSH};
+    ch_call(db, &flush);
+    ch_req_dispose(&flush);
     /* The writer finishes everything already queued before it exits. */
     pthread_mutex_lock(&db->q_mu);
     db->stopping = true;
@@ -445,6 +544,9 @@ void ch_db_close(ch_db *db)
     pthread_mutex_unlock(&db->s_mu);
     pthread_join(db->syncer, NULL);
 
+    ch__registry_close(db->registry);
+    ch__audit_queue_free(db->audit);
+    ch__signer_close(db->signer);
     db->m->close(db->w);
     for (int i = 0; i < db->npool; i++)
         db->m->close(db->pool[i]);

@@ -107,3 +107,74 @@ ch_status ch_size_parse(const char *s, uint64_t *bytes)
     }
     return CH_INVALID_VALUE;
 }
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar. */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+static bool digits(const char *s, int n, int *v)
+{
+    *v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        *v = *v * 10 + (s[i] - '0');
+    }
+    return true;
+}
+
+ch_status ch_time_parse(const char *s, int64_t *ms)
+{
+    static const unsigned char mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int y, mo, d, h, mi, sec, frac = 0;
+
+    if (s == NULL || strlen(s) < 20 || !digits(s, 4, &y) || s[4] != '-' ||
+        !digits(s + 5, 2, &mo) || s[7] != '-' || !digits(s + 8, 2, &d) ||
+        (s[10] != 'T' && s[10] != 't') || !digits(s + 11, 2, &h) || s[13] != ':' ||
+        !digits(s + 14, 2, &mi) || s[16] != ':' || !digits(s + 17, 2, &sec))
+        return CH_INVALID_VALUE;
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || (mo == 2 && d == 29 && !leap) ||
+        h > 23 || mi > 59 || sec > 60)
+        return CH_INVALID_VALUE;
+    const char *p = s + 19;
+    if (*p == '.') {
+        int n = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++, n++) {
+            if (n < 3)
+                frac = frac * 10 + (*p - '0');
+        }
+        if (n == 0)
+            return CH_INVALID_VALUE;
+        for (; n < 3; n++)
+            frac *= 10;
+    }
+    int offset = 0; /* minutes east of UTC */
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int oh, om;
+        if (!digits(p + 1, 2, &oh) || p[3] != ':' || !digits(p + 4, 2, &om) || oh > 23 ||
+            om > 59)
+            return CH_INVALID_VALUE;
+        offset = (oh * 60 + om) * (*p == '-' ? -1 : 1);
+        p += 6;
+    } else {
+        return CH_INVALID_VALUE;
+    }
+    if (*p != '\0')
+        return CH_INVALID_VALUE;
+    if (sec == 60) /* a leap second is read as the next second's start */
+        sec = 59, frac = 999;
+    int64_t secs = days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 +
+                   sec - (int64_t)offset * 60;
+    *ms = secs * 1000 + frac;
+    return CH_OK;
+}

@@ -688,6 +688,215 @@ static void route_sessions(call *c, const char *tenant, h2o_iovec_t *seg, int n)
     fail(c, CH_NOT_FOUND, NULL, "no such route");
 }
 
+/* Copies path segment s into out as an id with the given prefix; false (and a 404
+ * sent) when it cannot be one. */
+static bool path_id(call *c, h2o_iovec_t s, const char *prefix, char out[CH_ID_MAX])
+{
+    if (s.len >= CH_ID_MAX) {
+        fail(c, CH_NOT_FOUND, NULL, "not found");
+        return false;
+    }
+    memcpy(out, s.base, s.len);
+    out[s.len] = '\0';
+    if (!ch_id_valid(prefix, out)) {
+        fail(c, CH_NOT_FOUND, NULL, "not found");
+        return false;
+    }
+    return true;
+}
+
+/* Submits a write whose body is required (or optional) and takes no query. */
+static void submit_body(call *c, ch_op op, const char *tenant, const char *id, bool optional,
+                        int ok_status)
+{
+    ch_err e;
+    if (!no_query(c))
+        return;
+    json_t *body = body_of(c, optional, &e);
+    if (body == NULL && e.status != CH_OK)
+        send_error(c, &e);
+    else
+        submit(c, op, tenant, id, NULL, body, ok_status);
+}
+
+/* Routes /v1/mandates... seg[1] == "mandates". */
+static void route_mandates(call *c, const char *tenant, h2o_iovec_t *seg, int n)
+{
+    h2o_req_t *req = c->req;
+    static const struct {
+        const char *verb;
+        ch_op op;
+        ch_route route;
+        int ok_status;
+    } actions[] = {
+        {"approve", CH_OP_MANDATE_APPROVE, CH_ROUTE_MANDATE_APPROVE, 200},
+        {"delegate", CH_OP_MANDATE_DELEGATE, CH_ROUTE_MANDATE_DELEGATE, 201},
+        {"suspend", CH_OP_MANDATE_SUSPEND, CH_ROUTE_MANDATE_SUSPEND, 200},
+        {"reinstate", CH_OP_MANDATE_REINSTATE, CH_ROUTE_MANDATE_REINSTATE, 200},
+        {"revoke", CH_OP_MANDATE_REVOKE, CH_ROUTE_MANDATE_REVOKE, 200},
+        {"complete", CH_OP_MANDATE_COMPLETE, CH_ROUTE_MANDATE_COMPLETE, 200},
+    };
+    char id[CH_ID_MAX];
+    ch_err e;
+    json_t *out = NULL;
+
+    ch_err_clear(&e);
+    if (n == 2) {
+        c->route = CH_ROUTE_MANDATE_CREATE;
+        if (!method_is(req, "POST"))
+            fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use POST on /v1/mandates");
+        else
+            submit_body(c, CH_OP_MANDATE_CREATE, tenant, NULL, false, 201);
+        return;
+    }
+    if (n > 4 || !path_id(c, seg[2], "mdt", id))
+        return;
+    if (n == 3) {
+        if (method_is(req, "GET")) {
+            c->route = CH_ROUTE_MANDATE_GET;
+            if (no_query(c)) {
+                ch_status st = ch_mandate_get(ch__server.db, tenant, id, &out, &e);
+                reply_read(c, st, out, &e);
+            }
+        } else if (method_is(req, "PATCH")) {
+            c->route = CH_ROUTE_MANDATE_PATCH;
+            submit_body(c, CH_OP_MANDATE_PATCH, tenant, id, false, 200);
+        } else {
+            fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use GET or PATCH on a mandate");
+        }
+        return;
+    }
+    if (seg_is(seg[3], "tree")) {
+        c->route = CH_ROUTE_MANDATE_TREE;
+        if (!method_is(req, "GET"))
+            fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use GET on tree");
+        else if (no_query(c)) {
+            ch_status st = ch_mandate_tree(ch__server.db, tenant, id, &out, &e);
+            reply_read(c, st, out, &e);
+        }
+        return;
+    }
+    if (seg_is(seg[3], "artifact")) {
+        c->route = CH_ROUTE_MANDATE_ARTIFACT;
+        if (!method_is(req, "POST")) {
+            fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use POST on artifact");
+        } else if (no_query(c)) {
+            json_t *body = body_of(c, false, &e);
+            if (body == NULL) {
+                send_error(c, &e);
+                return;
+            }
+            ch_status st = ch_mandate_artifact(ch__server.db, tenant, id, body, &out, &e);
+            json_decref(body);
+            reply_read(c, st, out, &e);
+        }
+        return;
+    }
+    for (size_t i = 0; i < sizeof(actions) / sizeof(actions[0]); i++) {
+        if (!seg_is(seg[3], actions[i].verb))
+            continue;
+        c->route = actions[i].route;
+        if (!method_is(req, "POST"))
+            fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use POST");
+        else
+            submit_body(c, actions[i].op, tenant, id, actions[i].op != CH_OP_MANDATE_DELEGATE,
+                        actions[i].ok_status);
+        return;
+    }
+    fail(c, CH_NOT_FOUND, NULL, "no such route");
+}
+
+static void handle_check(call *c, const char *tenant)
+{
+    ch_err e;
+    json_t *out = NULL;
+    c->route = CH_ROUTE_CHECK;
+    if (!method_is(c->req, "POST")) {
+        fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use POST on /v1/check");
+        return;
+    }
+    if (!no_query(c))
+        return;
+    json_t *body = body_of(c, false, &e);
+    if (body == NULL) {
+        send_error(c, &e);
+        return;
+    }
+    ch_status st = ch_check_json(ch__server.db, tenant, body, &out, &e);
+    json_decref(body);
+    reply_read(c, st, out, &e);
+}
+
+static void handle_audit(call *c, const char *tenant)
+{
+    query q = {.names = {"mandate", "after", "limit"}};
+    ch_err e;
+    int64_t after, limit;
+    json_t *out = NULL;
+    c->route = CH_ROUTE_AUDIT;
+    ch_err_clear(&e);
+    if (!method_is(c->req, "GET")) {
+        fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use GET on /v1/audit");
+        return;
+    }
+    if (parse_query(c, &q, &e) != CH_OK || query_int(&q, 1, 0, &after, &e) != CH_OK ||
+        query_int(&q, 2, 100, &limit, &e) != CH_OK) {
+        send_error(c, &e);
+        return;
+    }
+    const char *m = query_str(&q, 0);
+    if (m != NULL && !ch_id_valid("mdt", m)) {
+        fail(c, CH_NOT_FOUND, NULL, "no such mandate");
+        return;
+    }
+    ch_status st = ch_audit_list(ch__server.db, tenant, m, after,
+                                 limit < 0 || limit > 100000 ? 0 : (int)limit, &out, &e);
+    reply_read(c, st, out, &e);
+}
+
+static void handle_stream(call *c, const char *tenant)
+{
+    query q = {.names = {"after"}};
+    ch_err e;
+    int64_t after = -1;
+    c->route = CH_ROUTE_EVENT_STREAM;
+    ch_err_clear(&e);
+    if (!method_is(c->req, "GET")) {
+        fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use GET on /v1/events");
+        return;
+    }
+    if (parse_query(c, &q, &e) != CH_OK || query_int(&q, 0, -1, &after, &e) != CH_OK) {
+        send_error(c, &e);
+        return;
+    }
+    /* Last-Event-ID (set by a reconnecting EventSource) wins over ?after. */
+    ssize_t h = h2o_find_header_by_str(&c->req->headers, H2O_STRLIT("last-event-id"), -1);
+    if (h >= 0) {
+        h2o_iovec_t v = c->req->headers.entries[h].value;
+        char buf[32];
+        char *end;
+        if (v.len == 0 || v.len >= sizeof(buf)) {
+            fail(c, CH_BAD_REQUEST, "Last-Event-ID", "Last-Event-ID must be an event id");
+            return;
+        }
+        memcpy(buf, v.base, v.len);
+        buf[v.len] = '\0';
+        errno = 0;
+        after = strtoll(buf, &end, 10);
+        if (*end != '\0' || errno != 0 || after < 0) {
+            fail(c, CH_BAD_REQUEST, "Last-Event-ID", "Last-Event-ID must be an event id");
+            return;
+        }
+    } else if (q.seen[0] && after < 0) {
+        fail(c, CH_BAD_REQUEST, "after", "after must be >= 0");
+        return;
+    }
+    if (after < 0)
+        after = ch_stream_last(ch__server.db); /* new events only */
+    ch__metrics_observe(c->route, 200, ch_mono_ns() - c->t0);
+    ch__sse_open(c->req, tenant, after);
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     call c = {req, CH_ROUTE_OTHER, ch_mono_ns()};
@@ -731,6 +940,30 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     }
     if (seg_is(seg[1], "sessions")) {
         route_sessions(&c, tenant, seg, n);
+        return 0;
+    }
+    if (seg_is(seg[1], "mandates")) {
+        route_mandates(&c, tenant, seg, n);
+        return 0;
+    }
+    if (n == 2 && seg_is(seg[1], "check")) {
+        handle_check(&c, tenant);
+        return 0;
+    }
+    if (n == 2 && seg_is(seg[1], "audit")) {
+        handle_audit(&c, tenant);
+        return 0;
+    }
+    if (n == 2 && seg_is(seg[1], "events")) {
+        handle_stream(&c, tenant);
+        return 0;
+    }
+    if (n == 3 && seg_is(seg[1], "keys") && seg_is(seg[2], "signing")) {
+        c.route = CH_ROUTE_SIGNING_KEY;
+        if (!method_is(req, "GET"))
+            fail(&c, CH_METHOD_NOT_ALLOWED, NULL, "use GET on /v1/keys/signing");
+        else if (no_query(&c))
+            send_json(&c, 200, ch_signing_key(ch__server.db));
         return 0;
     }
     fail(&c, CH_NOT_FOUND, NULL, "no such route");

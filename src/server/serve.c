@@ -156,6 +156,7 @@ static void loop_setup(ch_server_thread *t)
     t->accept_ctx.hosts = s->h2o.hosts;
     t->queue = h2o_multithread_create_queue(t->loop);
     h2o_multithread_register_receiver(t->queue, &t->completions, ch__http_on_completions);
+    ch__sse_setup(t);
     /* Each loop watches the shared listening socket through its own descriptor. */
     int fd = t->index == 0 ? s->listen_fd : dup(s->listen_fd);
     t->listener = h2o_evloop_socket_create(t->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
@@ -182,15 +183,19 @@ static void *loop_main(void *arg)
             h2o_context_request_shutdown(&t->ctx);
         }
         h2o_evloop_run(t->loop, 50);
+        ch__sse_tick(t);
     }
     return NULL;
 }
 
 static int start_threads(ch_server *s)
 {
-    s->threads = calloc((size_t)s->nthreads, sizeof(*s->threads));
-    if (s->threads == NULL)
+    ch_server_thread *threads = calloc((size_t)s->nthreads, sizeof(*s->threads));
+    if (threads == NULL)
         return -1;
+    __atomic_store_n(&s->threads, threads, __ATOMIC_RELEASE);
+    /* From now on, new stream events wake the loops' subscribers. */
+    ch_db_on_stream(s->db, ch__sse_notify, NULL);
     for (int i = 0; i < s->nthreads; i++) {
         s->threads[i].index = i;
         if (pthread_create(&s->threads[i].tid, NULL, loop_main, &s->threads[i]) != 0)

@@ -30,6 +30,21 @@
     XX(SESSION_ARCHIVE, "POST /v1/sessions/{id}/archive")        \
     XX(SESSION_COMPACT, "POST /v1/sessions/{id}/compact")        \
     XX(BUNDLE, "GET /v1/sessions/{id}/bundle")                   \
+    XX(MANDATE_CREATE, "POST /v1/mandates")                      \
+    XX(MANDATE_GET, "GET /v1/mandates/{id}")                     \
+    XX(MANDATE_PATCH, "PATCH /v1/mandates/{id}")                 \
+    XX(MANDATE_TREE, "GET /v1/mandates/{id}/tree")               \
+    XX(MANDATE_APPROVE, "POST /v1/mandates/{id}/approve")        \
+    XX(MANDATE_DELEGATE, "POST /v1/mandates/{id}/delegate")      \
+    XX(MANDATE_SUSPEND, "POST /v1/mandates/{id}/suspend")        \
+    XX(MANDATE_REINSTATE, "POST /v1/mandates/{id}/reinstate")    \
+    XX(MANDATE_REVOKE, "POST /v1/mandates/{id}/revoke")          \
+    XX(MANDATE_COMPLETE, "POST /v1/mandates/{id}/complete")      \
+    XX(MANDATE_ARTIFACT, "POST /v1/mandates/{id}/artifact")      \
+    XX(CHECK, "POST /v1/check")                                  \
+    XX(SIGNING_KEY, "GET /v1/keys/signing")                      \
+    XX(AUDIT, "GET /v1/audit")                                   \
+    XX(EVENT_STREAM, "GET /v1/events")                           \
     XX(OTHER, "other")
 
 typedef enum ch_route {
@@ -50,6 +65,12 @@ typedef struct ch_server_thread {
     h2o_multithread_queue_t *queue;
     h2o_multithread_receiver_t completions; /* writer → this loop */
     int shutdown_started; /* atomic: set by the loop once it saw `stopping` */
+    /* Event stream subscribers on this loop, and their wake-up from the syncer. */
+    struct ch__sse_sub *sse_subs;
+    h2o_multithread_receiver_t sse_wake;
+    h2o_multithread_message_t sse_msg;
+    int sse_wake_pending; /* atomic: sse_msg is queued */
+    int sse_ready;        /* atomic: sse_wake is registered */
 } ch_server_thread;
 
 /* What every handler needs; one per process. */
@@ -71,6 +92,15 @@ extern ch_server ch__server;
 void ch__http_register(h2o_globalconf_t *conf);
 /* Delivers writer completions to the loop that owns them (receiver callback). */
 void ch__http_on_completions(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages);
+
+/* The event stream (sse.c). ch__sse_open answers req with a stream of tenant's events
+ * after `after`. ch__sse_setup registers the loop's wake-up; ch__sse_tick runs on each
+ * turn of the loop (keep-alives; ends every stream once the server stops);
+ * ch__sse_notify is the db's stream listener. */
+void ch__sse_open(h2o_req_t *req, const char *tenant, int64_t after);
+void ch__sse_setup(ch_server_thread *t);
+void ch__sse_tick(ch_server_thread *t);
+void ch__sse_notify(void *arg, int64_t last_id);
 
 /* Request metrics. */
 const char *ch__route_label(ch_route route);

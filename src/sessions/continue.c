@@ -7,15 +7,15 @@
  * cannot go stale between the check and the write.
  *
  * A session without a mandate may always continue. A session's `mandate` is only a
- * handle: the mandate layer decides whether it holds, and plugs in here.
+ * handle: whether it holds (it and every ancestor active, none past its deadline) is
+ * the mandate layer's answer, never the session's.
  */
 #include "internal.h"
 
 ch_status ch__session_may_continue(ch_db *db, ch_store *w, const ch_session_rec *s, ch_err *e)
 {
-    (void)db;
     (void)w;
-    (void)s;
-    (void)e;
-    return CH_OK;
+    if (s->mandate[0] == '\0')
+        return CH_OK;
+    return ch__mandate_may_continue(db, s->tenant, s->mandate, e);
 }

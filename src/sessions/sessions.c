@@ -121,7 +121,19 @@ static ch_status create_exec(ch_db *db, ch_store *w, ch_req *req)
      * a cursor walk over the list sees sessions in the order they became visible. */
     ch_id_new("sess", r->id);
     r->created_at = r->updated_at = ch_now_ms();
-    ch_status st = w->methods->session_insert(w, r);
+    ch_status st;
+    if (r->mandate[0] != '\0' &&
+        (st = ch__mandate_may_bind(db, req->tenant, r->mandate, &req->err)) != CH_OK)
+        return st;
+    st = w->methods->session_insert(w, r);
+    if (st != CH_OK)
+        return ch_err_set(&req->err, st, NULL, "cannot store the session");
+    st = ch__stream_emit(db, w, r->tenant, "session.created",
+                         json_pack("{s:s, s:s, s:n, s:o, s:n}", "session", r->id, "state", "open",
+                                   "from", "mandate",
+                                   r->mandate[0] ? json_string(r->mandate) : json_null(),
+                                   "reason"),
+                         r->created_at);
     if (st != CH_OK)
         return ch_err_set(&req->err, st, NULL, "cannot store the session");
     req->result = ch__session_to_json(r);
@@ -365,6 +377,8 @@ static ch_status append_exec(ch_db *db, ch_store *w, ch_req *req)
         s.state = CH_SESSION_ACTIVE;
     s.updated_at = now;
     st = w->methods->session_update(w, &s);
+    if (st == CH_OK)
+        st = ch__mandate_spend(db, w, s.tenant, s.mandate, a->tokens, a->cost_usd, a->tool_calls);
     if (st != CH_OK) {
         ch_err_set(&req->err, st, NULL, "cannot update the session");
         goto out;
@@ -407,23 +421,86 @@ static ch_status transition_prepare(ch_db *db, ch_req *req)
     return CH_OK;
 }
 
-/* Moves s to `to`, logging a lifecycle event with reason (may be NULL). */
-static ch_status move(ch_store *w, ch_session_rec *s, ch_session_state to, const char *reason,
-                      int64_t now)
+/* The stream event type of a move to each state. */
+static const char *const moved_to[CH__SESSION_STATE_COUNT] = {
+    [CH_SESSION_ACTIVE] = "session.resumed", [CH_SESSION_PAUSED] = "session.paused",
+    [CH_SESSION_INERT] = "session.inert",    [CH_SESSION_CLOSED] = "session.closed",
+    [CH_SESSION_ARCHIVED] = "session.archived",
+};
+
+/* Moves s to `to`, logging a lifecycle event with reason (may be NULL) and cause (the
+ * mandate whose change moved it; may be NULL), and announcing it on the stream. */
+static ch_status move(ch_db *db, ch_store *w, ch_session_rec *s, ch_session_state to,
+                      const char *reason, const char *cause, int64_t now)
 {
-    json_t *content = json_pack("{s:s, s:s}", "from", ch_session_state_name(s->state), "to",
-                                ch_session_state_name(to));
+    const char *from = ch_session_state_name(s->state);
+    json_t *content = json_pack("{s:s, s:s}", "from", from, "to", ch_session_state_name(to));
     if (content == NULL)
         return CH_NOMEM;
     if (reason != NULL)
         json_object_set_new(content, "reason", json_string(reason));
+    if (cause != NULL)
+        json_object_set_new(content, "mandate", json_string(cause));
     ch_status st = ch__session_append_system(w, s, "lifecycle", content, now);
     json_decref(content);
     if (st != CH_OK)
         return st;
     s->state = to;
     s->updated_at = now;
-    return w->methods->session_update(w, s);
+    st = w->methods->session_update(w, s);
+    if (st == CH_OK && moved_to[to] != NULL)
+        st = ch__stream_emit(db, w, s->tenant, moved_to[to],
+                             json_pack("{s:s, s:s, s:s, s:o, s:o}", "session", s->id, "state",
+                                       ch_session_state_name(to), "from", from, "mandate",
+                                       s->mandate[0] ? json_string(s->mandate) : json_null(),
+                                       "reason", reason ? json_string(reason) : json_null()),
+                             now);
+    return st;
+}
+
+typedef struct bound_list {
+    char (*ids)[CH_ID_MAX];
+    size_t n, cap;
+    bool nomem;
+} bound_list;
+
+static int collect_bound(void *arg, const ch_session_rec *s)
+{
+    bound_list *l = arg;
+    if (s->state != CH_SESSION_OPEN && s->state != CH_SESSION_ACTIVE &&
+        s->state != CH_SESSION_PAUSED)
+        return 0;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        void *p = realloc(l->ids, cap * sizeof(*l->ids));
+        if (p == NULL) {
+            l->nomem = true;
+            return 1;
+        }
+        l->ids = p;
+        l->cap = cap;
+    }
+    memcpy(l->ids[l->n++], s->id, CH_ID_MAX);
+    return 0;
+}
+
+ch_status ch__sessions_inert(ch_db *db, ch_store *w, const char *tenant, const char *mandate,
+                             const char *reason, const char *cause, int64_t now)
+{
+    bound_list l = {0};
+    /* Collected first: the sessions are updated after the scan is over. */
+    ch_status st = w->methods->session_by_mandate(w, tenant, mandate, collect_bound, &l);
+    if (st == CH_OK && l.nomem)
+        st = CH_NOMEM;
+    for (size_t i = 0; i < l.n && st == CH_OK; i++) {
+        ch_session_rec s = {0};
+        st = w->methods->session_get(w, tenant, l.ids[i], &s);
+        if (st == CH_OK)
+            st = move(db, w, &s, CH_SESSION_INERT, reason, cause, now);
+        ch_session_rec_clear(&s);
+    }
+    free(l.ids);
+    return st;
 }
 
 static ch_status transition_exec(ch_db *db, ch_store *w, ch_req *req)
@@ -446,7 +523,7 @@ static ch_status transition_exec(ch_db *db, ch_store *w, ch_req *req)
         if (st != CH_OK)
             goto out;
     }
-    st = move(w, &s, t->to, reason, ch_now_ms());
+    st = move(db, w, &s, t->to, reason, NULL, ch_now_ms());
     if (st != CH_OK) {
         ch_err_set(&req->err, st, NULL, "cannot update the session");
         goto out;
@@ -704,13 +781,26 @@ static ch_status retention_exec(ch_db *db, ch_store *w, ch_req *req)
         for (int j = start; j < d.n && st == CH_OK; j++) {
             if (steps[i].to == CH__SESSION_STATE_COUNT) {
                 st = w->methods->session_delete(w, d.recs[j].sid);
+                if (st == CH_OK)
+                    st = ch__stream_emit(
+                        db, w, d.recs[j].tenant, "session.deleted",
+                        json_pack("{s:s, s:n, s:s, s:o, s:s}", "session", d.recs[j].id, "state",
+                                  "from", "archived", "mandate",
+                                  d.recs[j].mandate[0] ? json_string(d.recs[j].mandate)
+                                                       : json_null(),
+                                  "reason", "retention"),
+                        now);
                 counts[2]++;
             } else {
-                st = move(w, &d.recs[j], steps[i].to, "retention", now);
+                st = move(db, w, &d.recs[j], steps[i].to, "retention", NULL, now);
                 counts[steps[i].to == CH_SESSION_CLOSED ? 0 : 1]++;
             }
         }
     }
+    /* The event stream keeps events.retention of history. */
+    int64_t keep = ch__db_config(db)->events_retention;
+    if (st == CH_OK && keep > 0)
+        st = w->methods->stream_trim(w, now - keep);
     bool more = d.n == SWEEP_LIMIT;
     for (int j = 0; j < d.n; j++)
         ch_session_rec_clear(&d.recs[j]);

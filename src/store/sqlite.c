@@ -49,7 +49,22 @@ static const char schema_sql[] =
     " at INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY(sid, seq)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS facts(sid INTEGER NOT NULL, key TEXT NOT NULL,"
     " value TEXT NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY(sid, key)) WITHOUT ROWID;"
-    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', '1');";
+    "CREATE INDEX IF NOT EXISTS sessions_by_mandate ON sessions(tenant, mandate, id)"
+    " WHERE mandate <> '';"
+    "CREATE TABLE IF NOT EXISTS mandates(mid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+    " tenant TEXT NOT NULL, doc TEXT NOT NULL, spent_tokens INTEGER NOT NULL DEFAULT 0,"
+    " spent_cost_usd REAL NOT NULL DEFAULT 0, spent_tool_calls INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS stream(id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " tenant TEXT NOT NULL, type TEXT NOT NULL, at INTEGER NOT NULL, data TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS stream_by_tenant ON stream(tenant, id);"
+    "CREATE INDEX IF NOT EXISTS stream_by_at ON stream(at);"
+    "CREATE TABLE IF NOT EXISTS audit(id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " tenant TEXT NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL, mandate TEXT NOT NULL,"
+    " lineage TEXT NOT NULL, data TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit(tenant, id);"
+    "CREATE INDEX IF NOT EXISTS audit_by_lineage ON audit(tenant, lineage, id);"
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', '2');"
+    "UPDATE meta SET value = '2' WHERE key = 'schema_version';";
 
 #define SESSION_COLS                                                                      \
     "sid, id, tenant, user, agent, mandate, labels, budget, usage_tokens, usage_cost_usd, " \
@@ -87,6 +102,17 @@ enum stmt_id {
     S_FACT_GET,
     S_FACT_DELETE,
     S_FACT_LIST,
+    S_SESSION_BY_MANDATE,
+    S_MANDATE_PUT,
+    S_MANDATE_SPEND,
+    S_MANDATE_LOAD,
+    S_STREAM_APPEND,
+    S_STREAM_LIST,
+    S_STREAM_LAST,
+    S_STREAM_TRIM,
+    S_AUDIT_APPEND,
+    S_AUDIT_LIST,
+    S_AUDIT_LIST_SUBTREE,
     S__COUNT
 };
 
@@ -135,6 +161,29 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_FACT_GET] = "SELECT key, value, updated_at FROM facts WHERE sid = ?1 AND key = ?2",
     [S_FACT_DELETE] = "DELETE FROM facts WHERE sid = ?1 AND key = ?2",
     [S_FACT_LIST] = "SELECT key, value, updated_at FROM facts WHERE sid = ?1 ORDER BY key",
+    [S_SESSION_BY_MANDATE] = "SELECT " SESSION_COLS " FROM sessions WHERE tenant = ?1"
+                             " AND mandate = ?2 AND mandate <> '' ORDER BY id",
+    [S_MANDATE_PUT] = "INSERT INTO mandates(id, tenant, doc, spent_tokens, spent_cost_usd,"
+                      " spent_tool_calls) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"
+                      " ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
+    [S_MANDATE_SPEND] = "UPDATE mandates SET spent_tokens = spent_tokens + ?2,"
+                        " spent_cost_usd = spent_cost_usd + ?3,"
+                        " spent_tool_calls = spent_tool_calls + ?4 WHERE id = ?1",
+    [S_MANDATE_LOAD] = "SELECT id, tenant, doc, spent_tokens, spent_cost_usd, spent_tool_calls"
+                       " FROM mandates ORDER BY mid",
+    [S_STREAM_APPEND] = "INSERT INTO stream(tenant, type, at, data) VALUES(?1, ?2, ?3, ?4)",
+    [S_STREAM_LIST] = "SELECT id, tenant, type, at, data FROM stream WHERE tenant = ?1"
+                      " AND id > ?2 ORDER BY id LIMIT ?3",
+    [S_STREAM_LAST] = "SELECT coalesce(max(id), 0) FROM stream",
+    [S_STREAM_TRIM] = "DELETE FROM stream WHERE at < ?1",
+    [S_AUDIT_APPEND] = "INSERT INTO audit(tenant, at, kind, mandate, lineage, data)"
+                       " VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_AUDIT_LIST] = "SELECT id, tenant, at, kind, mandate, lineage, data FROM audit"
+                     " WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    /* A subtree is the lineage range [prefix, prefix with its final '/' raised to '0'). */
+    [S_AUDIT_LIST_SUBTREE] = "SELECT id, tenant, at, kind, mandate, lineage, data FROM audit"
+                             " WHERE tenant = ?1 AND lineage >= ?4 AND lineage < ?5"
+                             " AND id > ?2 ORDER BY id LIMIT ?3",
 };
 
 /* The checkpointer: the writer connection never checkpoints itself (that would put a
@@ -821,8 +870,214 @@ static ch_status s_fact_list(ch_store *b, int64_t sid, ch_fact_cb cb, void *arg)
     return each_fact(s, st, cb, arg, false);
 }
 
+static ch_status s_session_by_mandate(ch_store *b, const char *tenant, const char *mandate,
+                                      ch_session_cb cb, void *arg)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_SESSION_BY_MANDATE);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, mandate, -1, SQLITE_STATIC);
+    return each_session(s, st, cb, arg);
+}
+
+static ch_status s_mandate_put(ch_store *b, const ch_mandate_row *m)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_MANDATE_PUT);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, m->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, m->tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, m->doc, (int)m->doc_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, m->spent_tokens);
+    sqlite3_bind_double(st, 5, m->spent_cost_usd);
+    sqlite3_bind_int64(st, 6, m->spent_tool_calls);
+    return exec_stmt(s, st);
+}
+
+static ch_status s_mandate_spend(ch_store *b, const char *id, int64_t tokens, double cost_usd,
+                                 int64_t tool_calls)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_MANDATE_SPEND);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, tokens);
+    sqlite3_bind_double(st, 3, cost_usd);
+    sqlite3_bind_int64(st, 4, tool_calls);
+    ch_status rc = exec_stmt(s, st);
+    if (rc == CH_OK && sqlite3_changes(s->db) == 0)
+        rc = CH_NOT_FOUND;
+    return rc;
+}
+
+static ch_status s_mandate_load(ch_store *b, ch_mandate_cb cb, void *arg)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_MANDATE_LOAD);
+    ch_status rc = CH_OK;
+    int step;
+    if (st == NULL)
+        return CH_IO;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        ch_mandate_row m = {
+            .id = (const char *)sqlite3_column_text(st, 0),
+            .tenant = (const char *)sqlite3_column_text(st, 1),
+            .doc = (const char *)sqlite3_column_text(st, 2),
+            .doc_len = (size_t)sqlite3_column_bytes(st, 2),
+            .spent_tokens = sqlite3_column_int64(st, 3),
+            .spent_cost_usd = sqlite3_column_double(st, 4),
+            .spent_tool_calls = sqlite3_column_int64(st, 5),
+        };
+        if (cb(arg, &m) != 0)
+            break;
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = io_error(s, "mandate_load");
+    done(st);
+    return rc;
+}
+
+static ch_status s_stream_append(ch_store *b, const char *tenant, const char *type, int64_t at,
+                                 const char *data, int64_t *id)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_STREAM_APPEND);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, at);
+    sqlite3_bind_text(st, 4, data, -1, SQLITE_STATIC);
+    ch_status rc = exec_stmt(s, st);
+    if (rc == CH_OK)
+        *id = sqlite3_last_insert_rowid(s->db);
+    return rc;
+}
+
+static ch_status s_stream_list(ch_store *b, const char *tenant, int64_t after, int limit,
+                               ch_stream_cb cb, void *arg)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_STREAM_LIST);
+    ch_status rc = CH_OK;
+    int step;
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, after);
+    sqlite3_bind_int(st, 3, limit);
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        ch_stream_row r = {
+            .id = sqlite3_column_int64(st, 0),
+            .tenant = (const char *)sqlite3_column_text(st, 1),
+            .type = (const char *)sqlite3_column_text(st, 2),
+            .at = sqlite3_column_int64(st, 3),
+            .data = (const char *)sqlite3_column_text(st, 4),
+            .data_len = (size_t)sqlite3_column_bytes(st, 4),
+        };
+        if (cb(arg, &r) != 0)
+            break;
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = io_error(s, "stream_list");
+    done(st);
+    return rc;
+}
+
+static ch_status s_stream_last(ch_store *b, int64_t *id)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_STREAM_LAST);
+    ch_status rc = CH_OK;
+    if (st == NULL)
+        return CH_IO;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        *id = sqlite3_column_int64(st, 0);
+    else
+        rc = io_error(s, "stream_last");
+    done(st);
+    return rc;
+}
+
+static ch_status s_stream_trim(ch_store *b, int64_t before)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_STREAM_TRIM);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, before);
+    return exec_stmt(s, st);
+}
+
+static ch_status s_audit_append(ch_store *b, const ch_audit_row *r)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_AUDIT_APPEND);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, r->tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, r->at);
+    sqlite3_bind_text(st, 3, r->kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->mandate ? r->mandate : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->lineage ? r->lineage : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, r->data, (int)r->data_len, SQLITE_STATIC);
+    return exec_stmt(s, st);
+}
+
+static ch_status s_audit_list(ch_store *b, const char *tenant, const char *lineage_prefix,
+                              int64_t after, int limit, ch_audit_cb cb, void *arg)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, lineage_prefix ? S_AUDIT_LIST_SUBTREE : S_AUDIT_LIST);
+    char *upper = NULL;
+    ch_status rc = CH_OK;
+    int step;
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, after);
+    sqlite3_bind_int(st, 3, limit);
+    if (lineage_prefix) {
+        /* Lineages end in '/': every lineage below prefix sorts before prefix with
+         * that '/' replaced by '0', the next byte. */
+        size_t n = strlen(lineage_prefix);
+        upper = strdup(lineage_prefix);
+        if (upper == NULL) {
+            done(st);
+            return CH_NOMEM;
+        }
+        if (n > 0)
+            upper[n - 1] = (char)(upper[n - 1] + 1);
+        sqlite3_bind_text(st, 4, lineage_prefix, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, upper, -1, SQLITE_STATIC);
+    }
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        ch_audit_row r = {
+            .id = sqlite3_column_int64(st, 0),
+            .tenant = (const char *)sqlite3_column_text(st, 1),
+            .at = sqlite3_column_int64(st, 2),
+            .kind = (const char *)sqlite3_column_text(st, 3),
+            .mandate = (const char *)sqlite3_column_text(st, 4),
+            .lineage = (const char *)sqlite3_column_text(st, 5),
+            .data = (const char *)sqlite3_column_text(st, 6),
+            .data_len = (size_t)sqlite3_column_bytes(st, 6),
+        };
+        if (cb(arg, &r) != 0)
+            break;
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = io_error(s, "audit_list");
+    done(st);
+    free(upper);
+    return rc;
+}
+
 const ch_store_methods ch__sqlite_methods = {
-    .version = 1,
+    .version = 2,
     .name = "sqlite",
     .open = s_open,
     .close = s_close,
@@ -850,4 +1105,14 @@ const ch_store_methods ch__sqlite_methods = {
     .fact_get = s_fact_get,
     .fact_delete = s_fact_delete,
     .fact_list = s_fact_list,
+    .session_by_mandate = s_session_by_mandate,
+    .mandate_put = s_mandate_put,
+    .mandate_spend = s_mandate_spend,
+    .mandate_load = s_mandate_load,
+    .stream_append = s_stream_append,
+    .stream_list = s_stream_list,
+    .stream_last = s_stream_last,
+    .stream_trim = s_stream_trim,
+    .audit_append = s_audit_append,
+    .audit_list = s_audit_list,
 };

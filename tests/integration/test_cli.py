@@ -14,6 +14,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import KEY_RE, assert_status  # noqa: E402
+import mandate_util  # noqa: E402
 
 srv = None
 UNKNOWN_ID = "sess_01JD3V6Y7C8X9Q2W5E4R3T2Y1A"
@@ -61,9 +62,10 @@ def cli_json(tc, *args, **kw):
 
 class SessionVerbs(unittest.TestCase):
     def test_full_flow(self):
+        mdt = mandate_util.create_mandate(srv)["id"]
         s = cli_json(self, "session", "open", "--user", "cli_u", "--agent", "cli_a",
                      "--label", "repo=web", "--label", "team=x", "--budget-tokens", "100",
-                     "--budget-cost", "2.5", "--mandate", "mdt_cli")
+                     "--budget-cost", "2.5", "--mandate", mdt)
         harness.check_session_shape(self, s)
         sid = s["id"]
         self.assertEqual((s["user"], s["agent"], s["state"], s["seq"]),
@@ -71,7 +73,7 @@ class SessionVerbs(unittest.TestCase):
         self.assertEqual(s["labels"], {"repo": "web", "team": "x"})
         self.assertEqual(s["budget"]["tokens"], 100)
         self.assertEqual(s["budget"]["cost_usd"], 2.5)
-        self.assertEqual(s["mandate"], "mdt_cli")
+        self.assertEqual(s["mandate"], mdt)
         self.assertEqual(cli_json(self, "session", "show", sid), srv.get_session(sid))
 
         # append: text content, JSON content with usage, expect-seq, a batch from stdin

@@ -14,6 +14,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import assert_error, assert_error_shape, assert_status, q  # noqa: E402
+import mandate_util  # noqa: E402
 
 srv = None
 SID = None          # the session every refused request aims at
@@ -188,6 +189,10 @@ class Corpus(unittest.TestCase):
             ("POST", P, w(agent="a" * 257), 422, "invalid_value", "agent"),
             ("POST", P, w(mandate=""), 422, "invalid_value", "mandate"),
             ("POST", P, w(mandate="m" * 257), 422, "invalid_value", "mandate"),
+            # a handle the tenant has no mandate for
+            ("POST", P, w(mandate="m" * 256), 422, "invalid_value", "mandate"),
+            ("POST", P, w(mandate="mdt_01JD3V6Y7C8X9Q2W5E4R3T2Y1A"), 422, "invalid_value",
+             "mandate"),
             # docs/operations.md#limits: label count names `labels`, one label
             # `labels.<key>`
             ("POST", P, w(labels={"l%d" % i: "v" for i in range(65)}), 422, "invalid_value",
@@ -210,7 +215,8 @@ class Corpus(unittest.TestCase):
 
     def test_create_session_boundaries_accepted(self):
         """The limits themselves are accepted (on sessions of their own)."""
-        for body in ({"user": "u" * 256, "agent": "a" * 256, "mandate": "m" * 256},
+        mdt = mandate_util.create_mandate(srv)["id"]
+        for body in ({"user": "u" * 256, "agent": "a" * 256, "mandate": mdt},
                      {"user": "u", "agent": "a",
                       "labels": {"l%02d" % i: "v" * 1024 for i in range(64)}},
                      {"user": "u", "agent": "a", "labels": {"k" * 128: "v"}},

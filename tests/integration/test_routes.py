@@ -14,6 +14,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import TIME_RE, EVENT_FIELDS, assert_status, check_session_shape, q  # noqa: E402
+import mandate_util  # noqa: E402
 
 srv = None
 
@@ -264,14 +265,15 @@ class Sessions(unittest.TestCase):
         self.assertEqual(s["created_at"], s["updated_at"])
 
     def test_create_full_and_get(self):
-        body = {"user": "bob", "agent": "planner", "mandate": "mdt_handle_1",
+        mdt = mandate_util.create_mandate(srv)["id"]
+        body = {"user": "bob", "agent": "planner", "mandate": mdt,
                 "labels": {"repo": "web", "team": "infra"},
                 "budget": {"tokens": 100000, "cost_usd": 5.0, "tool_calls": 200}}
         r = srv.request("POST", "/v1/sessions", body)
         self.assertEqual(r.status, 201, r.raw)
         s = r.json
         check_session_shape(self, s)
-        self.assertEqual(s["mandate"], "mdt_handle_1")
+        self.assertEqual(s["mandate"], mdt)
         self.assertEqual(s["labels"], {"repo": "web", "team": "infra"})
         self.assertEqual(s["budget"], {"tokens": 100000, "cost_usd": 5.0, "tool_calls": 200})
         g = srv.request("GET", "/v1/sessions/" + s["id"])
@@ -291,8 +293,9 @@ class Sessions(unittest.TestCase):
 
     def test_list_filters_and_paging(self):
         user = "pager_user"
+        mdt = mandate_util.create_mandate(srv)["id"]
         ids = [srv.create_session(user=user, agent="a%d" % i,
-                                  mandate=("mdt_x" if i % 2 else None))["id"]
+                                  mandate=(mdt if i % 2 else None))["id"]
                for i in range(7)]
         r = srv.request("GET", "/v1/sessions?user=" + user)
         self.assertEqual(r.status, 200)
@@ -321,7 +324,7 @@ class Sessions(unittest.TestCase):
         self.assertEqual(seen, ids)
         self.assertEqual(pages, 3)
         # mandate filter
-        r = srv.request("GET", "/v1/sessions?user=%s&mandate=mdt_x" % user)
+        r = srv.request("GET", "/v1/sessions?user=%s&mandate=%s" % (user, mdt))
         self.assertEqual([s["id"] for s in r.json["sessions"]], ids[1::2])
         # state filter
         assert_status(srv.request("POST", "/v1/sessions/%s/pause" % ids[0]), 200)
@@ -355,13 +358,18 @@ class Sessions(unittest.TestCase):
     def test_list_filter_long_values(self):
         """Filters take values as long as the fields they match (256 bytes)."""
         for user in ("u" * 256, "é" * 128, "a b&c=d+e/f?"):
-            sid = srv.create_session(user=user, mandate="m/&=" + "x" * 200)["id"]
+            mdt = mandate_util.create_mandate(srv)["id"]
+            sid = srv.create_session(user=user, mandate=mdt)["id"]
             r = srv.request("GET", "/v1/sessions?user=%s" % q(user))
             self.assertEqual(r.status, 200, r.raw[:300])
             self.assertEqual([s["id"] for s in r.json["sessions"]], [sid])
-            r = srv.request("GET", "/v1/sessions?user=%s&mandate=%s"
-                            % (q(user), q("m/&=" + "x" * 200)))
+            r = srv.request("GET", "/v1/sessions?user=%s&mandate=%s" % (q(user), mdt))
             self.assertEqual([s["id"] for s in r.json["sessions"]], [sid])
+            # a mandate filter as long as the field, with reserved characters: no match
+            r = srv.request("GET", "/v1/sessions?user=%s&mandate=%s"
+                            % (q(user), q("m/&=" + "x" * 252)))
+            self.assertEqual(r.status, 200, r.raw[:300])
+            self.assertEqual(r.json["sessions"], [])
 
     def test_last_full_page_has_null_cursor(self):
         """When the sessions fill the last page exactly, that page says so."""

@@ -16,6 +16,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import assert_error  # noqa: E402
+import mandate_util  # noqa: E402
 
 
 class Shutdown(unittest.TestCase):
@@ -106,8 +107,9 @@ class Shutdown(unittest.TestCase):
         srv = harness.Server()
         sids = []
         for i, calls in enumerate(([], ["pause"], ["close"], ["close", "archive"], [])):
+            mdt = mandate_util.create_mandate(srv)["id"]
             sid = srv.create_session(user="rs", agent="a%d" % i, labels={"i": str(i)},
-                                     budget={"tokens": 100 + i}, mandate="mdt_%d" % i)["id"]
+                                     budget={"tokens": 100 + i}, mandate=mdt)["id"]
             r = srv.append(sid, {"events": [{"kind": "m", "content": j,
                                              "usage": {"tokens": j, "cost_usd": 0.5}}
                                             for j in range(10)]})

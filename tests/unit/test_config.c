@@ -19,6 +19,8 @@ static const char *const all_keys[] = {
     "sessions.retention.archive_closed_after",
     "sessions.retention.delete_archived_after",
     "sessions.retention.sweep_interval",
+    "mandates.max_staleness",
+    "events.retention",
 };
 #define NKEYS (sizeof(all_keys) / sizeof(all_keys[0]))
 
@@ -35,6 +37,8 @@ static const char *const all_vars[] = {
     "CHARTER_SESSIONS_RETENTION_ARCHIVE_CLOSED_AFTER",
     "CHARTER_SESSIONS_RETENTION_DELETE_ARCHIVED_AFTER",
     "CHARTER_SESSIONS_RETENTION_SWEEP_INTERVAL",
+    "CHARTER_MANDATES_MAX_STALENESS",
+    "CHARTER_EVENTS_RETENTION",
 };
 
 typedef struct fixture {

@@ -156,6 +156,18 @@ static void expect_fail_at(int line, ch_db *db, ch_op op, const char *tenant, co
                  field);
 }
 
+/* Creates an active root mandate in tenant (expiring in an hour); its id in id. */
+static void create_mandate(ch_db *db, const char *tenant, char id[CH_ID_MAX])
+{
+    char exp[32], body[256];
+    json_t *res = NULL;
+    ch_time_format(ch_now_ms() + 3600000, exp);
+    snprintf(body, sizeof(body), "{\"approver\":\"alice\",\"expires_at\":\"%s\"}", exp);
+    assert_int_equal(run(db, CH_OP_MANDATE_CREATE, tenant, NULL, NULL, body, &res, NULL), CH_OK);
+    snprintf(id, CH_ID_MAX, "%s", json_string_value(json_object_get(res, "id")));
+    json_decref(res);
+}
+
 static void create_session(ch_db *db, const char *tenant, const char *body, char id[CH_ID_MAX])
 {
     json_t *res = NULL;
@@ -306,13 +318,15 @@ static void test_create(void **state)
     json_decref(res);
 
     /* All optional fields. */
-    assert_int_equal(run(f->db, CH_OP_SESSION_CREATE, TENANT, NULL, NULL,
-                         "{\"user\":\"bob\",\"agent\":\"ops\",\"mandate\":\"mand_1\","
-                         "\"labels\":{\"repo\":\"web\",\"team\":\"x\"},"
-                         "\"budget\":{\"tokens\":100000,\"cost_usd\":5.5,\"tool_calls\":200}}",
-                         &res, NULL),
-                     CH_OK);
-    assert_string_equal(jstr(res, "mandate"), "mand_1");
+    char mid[CH_ID_MAX], body[512];
+    create_mandate(f->db, TENANT, mid);
+    snprintf(body, sizeof(body),
+             "{\"user\":\"bob\",\"agent\":\"ops\",\"mandate\":\"%s\","
+             "\"labels\":{\"repo\":\"web\",\"team\":\"x\"},"
+             "\"budget\":{\"tokens\":100000,\"cost_usd\":5.5,\"tool_calls\":200}}",
+             mid);
+    assert_int_equal(run(f->db, CH_OP_SESSION_CREATE, TENANT, NULL, NULL, body, &res, NULL), CH_OK);
+    assert_string_equal(jstr(res, "mandate"), mid);
     json_t *want_labels = jparse("{\"repo\":\"web\",\"team\":\"x\"}");
     assert_true(json_equal(json_object_get(res, "labels"), want_labels));
     json_decref(want_labels);
@@ -390,9 +404,12 @@ static void test_create_validation(void **state)
     char big[1100], body[4096];
     memset(big, 'x', sizeof(big));
     big[256] = '\0';
-    snprintf(body, sizeof(body), "{\"user\":\"%s\",\"agent\":\"a\",\"mandate\":\"%s\"}", big, big);
+    snprintf(body, sizeof(body), "{\"user\":\"%s\",\"agent\":\"a\"}", big);
     char id[CH_ID_MAX];
     create_session(db, TENANT, body, id); /* 256 bytes: accepted */
+    /* a 256-byte mandate is well formed, but must name a mandate of the tenant */
+    snprintf(body, sizeof(body), "{\"user\":\"u\",\"agent\":\"a\",\"mandate\":\"%s\"}", big);
+    expect_fail(db, op, TENANT, NULL, NULL, body, CH_INVALID_VALUE, "mandate");
     big[256] = 'x';
     big[257] = '\0';
     snprintf(body, sizeof(body), "{\"user\":\"%s\",\"agent\":\"a\"}", big);
@@ -1913,10 +1930,13 @@ static void test_list_filters(void **state)
     char ids[7][CH_ID_MAX], seen[16][CH_ID_MAX];
     int pages;
     json_t *res = NULL;
+    char m1[CH_ID_MAX];
+    create_mandate(db, TENANT, m1);
     for (int i = 0; i < 7; i++) {
-        char body[128];
-        snprintf(body, sizeof(body), "{\"user\":\"u%d\",\"agent\":\"a\"%s}", i % 2 == 0 ? 1 : 2,
-                 i == 6 ? ",\"mandate\":\"m-1\"" : "");
+        char body[160];
+        snprintf(body, sizeof(body), "{\"user\":\"u%d\",\"agent\":\"a\"%s%s%s}",
+                 i % 2 == 0 ? 1 : 2, i == 6 ? ",\"mandate\":\"" : "", i == 6 ? m1 : "",
+                 i == 6 ? "\"" : "");
         create_session(db, TENANT, body, ids[i]);
     }
     /* u1: 0, 2, 4, 6; u2: 1, 3, 5. Close 1 and 4, pause 5. */
@@ -1927,7 +1947,7 @@ static void test_list_filters(void **state)
     assert_int_equal(run(db, CH_OP_SESSION_PAUSE, TENANT, ids[5], NULL, NULL, &res, NULL), CH_OK);
     json_decref(res);
 
-    static const struct {
+    const struct {
         const char *user, *state, *mandate;
         int want[7];
         int n;
@@ -1936,7 +1956,7 @@ static void test_list_filters(void **state)
         {NULL, "closed", NULL, {1, 4}, 2},   {NULL, "open", NULL, {0, 2, 3, 6}, 4},
         {NULL, "paused", NULL, {5}, 1},      {NULL, "archived", NULL, {0}, 0},
         {"u1", "closed", NULL, {4}, 1},      {"u2", "open", NULL, {3}, 1},
-        {NULL, NULL, "m-1", {6}, 1},         {"u2", NULL, "m-1", {0}, 0},
+        {NULL, NULL, m1, {6}, 1},            {"u2", NULL, m1, {0}, 0},
         {"nobody", NULL, NULL, {0}, 0},
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {

@@ -1,0 +1,459 @@
+/*
+ * check.c — the one check every resume, delegation and tool call passes, and the
+ * audit trail of its decisions.
+ *
+ * A check reads only memory: the registry's published records under its read lock.
+ * Its decision is queued for the audit log and written by the writer in batches (an
+ * AUDIT_FLUSH request is queued whenever the queue goes from empty to non-empty), so
+ * a check never waits for storage. Mandate changes are audited by the writer inside
+ * the change's own transaction (ch__audit_write).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/signing.h"
+#include "mandates/mandates.h"
+
+#define AUDIT_QUEUE_MAX 1000000 /* decisions waiting for the writer */
+
+typedef struct aitem {
+    struct aitem *next;
+    int64_t at, version;
+    bool allow;
+    const char *reason;
+    char decision_id[CH_ID_MAX];
+    const char *lineage; /* the mandate's (immutable, lives as long as the registry) */
+    char *tenant, *mandate, *actor, *session, *tool, *lane, *resource, *cls;
+    char buf[];
+} aitem;
+
+struct ch__audit_queue {
+    pthread_mutex_t mu;
+    aitem *head; /* newest first */
+    size_t n;
+    bool flush_queued;
+    uint64_t dropped;
+};
+
+ch__audit_queue *ch__audit_queue_new(void)
+{
+    ch__audit_queue *q = calloc(1, sizeof(*q));
+    if (q != NULL)
+        pthread_mutex_init(&q->mu, NULL);
+    return q;
+}
+
+void ch__audit_queue_free(ch__audit_queue *q)
+{
+    if (q == NULL)
+        return;
+    for (aitem *it = q->head, *nx; it; it = nx) {
+        nx = it->next;
+        free(it);
+    }
+    pthread_mutex_destroy(&q->mu);
+    free(q);
+}
+
+uint64_t ch__audit_dropped(ch__audit_queue *q)
+{
+    return __atomic_load_n(&q->dropped, __ATOMIC_RELAXED);
+}
+
+static void flush_done(ch_req *req)
+{
+    ch_req_dispose(req);
+    free(req);
+}
+
+/* Copies s into the item's buffer at *p. */
+static char *put(char **p, const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    char *d = *p;
+    size_t n = strlen(s) + 1;
+    memcpy(d, s, n);
+    *p += n;
+    return d;
+}
+
+static void audit_push(ch_db *db, const char *tenant, const char *mandate, const char *lineage,
+                       const char *actor, const char *session, const ch_action *a,
+                       const ch_decision *d)
+{
+    ch__audit_queue *q = ch__db_audit(db);
+    const char *strs[] = {tenant, mandate, actor, session, a->tool, a->lane, a->resource, a->cls};
+    size_t len = 0;
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
+        len += strs[i] ? strlen(strs[i]) + 1 : 0;
+    aitem *it = malloc(sizeof(*it) + len);
+    if (it == NULL) {
+        __atomic_fetch_add(&q->dropped, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    char *p = it->buf;
+    it->at = d->checked_at;
+    it->version = d->mandate_version;
+    it->allow = d->allow;
+    it->reason = d->reason;
+    memcpy(it->decision_id, d->decision_id, sizeof(it->decision_id));
+    it->lineage = lineage;
+    it->tenant = put(&p, tenant);
+    it->mandate = put(&p, mandate);
+    it->actor = put(&p, actor);
+    it->session = put(&p, session);
+    it->tool = put(&p, a->tool);
+    it->lane = put(&p, a->lane);
+    it->resource = put(&p, a->resource);
+    it->cls = put(&p, a->cls);
+
+    bool submit = false;
+    pthread_mutex_lock(&q->mu);
+    if (q->n >= AUDIT_QUEUE_MAX) {
+        pthread_mutex_unlock(&q->mu);
+        free(it);
+        if (__atomic_fetch_add(&q->dropped, 1, __ATOMIC_RELAXED) % 10000 == 0)
+            ch_log(CH_LOG_ERROR, "audit queue full; decisions dropped from the audit log", NULL);
+        return;
+    }
+    it->next = q->head;
+    q->head = it;
+    q->n++;
+    if (!q->flush_queued)
+        submit = q->flush_queued = true;
+    pthread_mutex_unlock(&q->mu);
+    if (!submit)
+        return;
+    ch_req *req = calloc(1, sizeof(*req));
+    if (req != NULL) {
+        req->op = CH_OP_AUDIT_FLUSH;
+        req->done = flush_done;
+        if (ch_submit(db, req) == CH_OK)
+            return;
+        ch_req_dispose(req);
+        free(req);
+    }
+    /* Not queued (shutting down): ch_db_close flushes what is left. */
+    pthread_mutex_lock(&q->mu);
+    q->flush_queued = false;
+    pthread_mutex_unlock(&q->mu);
+}
+
+static ch_status flush_exec(ch_db *db, ch_store *w, ch_req *req)
+{
+    ch__audit_queue *q = ch__db_audit(db);
+    pthread_mutex_lock(&q->mu);
+    aitem *list = q->head;
+    q->head = NULL;
+    q->n = 0;
+    q->flush_queued = false;
+    pthread_mutex_unlock(&q->mu);
+    /* Oldest first. */
+    aitem *rev = NULL;
+    while (list != NULL) {
+        aitem *nx = list->next;
+        list->next = rev;
+        rev = list;
+        list = nx;
+    }
+    ch_status rc = CH_OK;
+    for (aitem *it = rev, *nx; it != NULL; it = nx) {
+        nx = it->next;
+        if (rc == CH_OK) {
+            json_t *data = json_pack(
+                "{s:s, s:s?, s:s?, s:{s:s, s:s, s:s, s:s}, s:b, s:s, s:o}", "decision_id",
+                it->decision_id, "actor", it->actor, "session", it->session, "action", "tool",
+                it->tool, "lane", it->lane, "resource", it->resource, "class", it->cls, "allow",
+                it->allow, "reason", it->reason, "mandate_version",
+                it->version ? json_integer(it->version) : json_null());
+            char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
+            json_decref(data);
+            if (text == NULL) {
+                rc = CH_NOMEM;
+            } else {
+                ch_audit_row row = {0,         it->tenant, it->at,       "check",
+                                    it->mandate ? it->mandate : "", it->lineage ? it->lineage : "",
+                                    text,      strlen(text)};
+                rc = ch__db_store(db)->audit_append(w, &row);
+                free(text);
+            }
+        }
+        free(it);
+    }
+    if (rc != CH_OK)
+        ch_log(CH_LOG_ERROR, "audit records lost", "{s:s}", "error", ch_strerror(rc));
+    req->result = json_object();
+    return rc;
+}
+
+const ch__op_def ch__audit_flush_op = {NULL, flush_exec};
+
+ch_status ch__audit_write(ch_store *w, const ch__mandate *m, const char *kind, json_t *data,
+                          int64_t now)
+{
+    char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
+    json_decref(data);
+    if (text == NULL)
+        return CH_NOMEM;
+    ch_audit_row row = {0, m->tenant, now, kind, m->id, m->lineage, text, strlen(text)};
+    ch_status rc = ((const ch_store_methods *)w->methods)->audit_append(w, &row);
+    free(text);
+    return rc;
+}
+
+/* ---- the check ------------------------------------------------------------------ */
+
+static const char *const state_reasons[CH__M_STATE_COUNT] = {
+    [CH__M_PROPOSED] = "mandate_proposed",   [CH__M_SUSPENDED] = "mandate_suspended",
+    [CH__M_REVOKED] = "mandate_revoked",     [CH__M_EXPIRED] = "mandate_expired",
+    [CH__M_COMPLETED] = "mandate_completed",
+};
+
+static const char *const verdict_reasons[] = {
+    [CH__ALLOW] = "ok",
+    [CH__TOOL_OUT] = "tool_out_of_scope",
+    [CH__LANE_OUT] = "lane_out_of_scope",
+    [CH__RESOURCE_OUT] = "resource_out_of_scope",
+    [CH__CLASS_OUT] = "class_out_of_scope",
+};
+
+static bool over_budget(const ch__mandate *m)
+{
+    for (; m != NULL; m = m->parent) {
+        const ch__budget *b = &m->cur->budget;
+        const ch__usage *s = &m->spent;
+        if ((b->has_tokens && s->tokens >= b->tokens) ||
+            (b->has_cost && s->cost_usd >= b->cost_usd) ||
+            (b->has_calls && s->tool_calls >= b->tool_calls))
+            return true;
+    }
+    return false;
+}
+
+/* The check; want_version > 0 (an artifact's) also requires that version. */
+static void check(ch_db *db, const char *tenant, const char *mandate, const char *actor,
+                  const char *session, const ch_action *a, int64_t want_version,
+                  ch_decision *out)
+{
+    ch__registry *reg = ch__db_registry(db);
+    int64_t now = ch_now_ms();
+    const char *lineage = NULL;
+    unsigned cls = a->cls ? ch__class_parse(a->cls) : 0;
+
+    out->allow = false;
+    out->mandate_version = 0;
+    out->checked_at = now;
+    ch__registry_rdlock(reg);
+    ch__mandate *m = mandate ? ch__registry_find(reg, tenant, mandate) : NULL;
+    const ch__mstate *st = m ? m->cur : NULL;
+    if (st == NULL) {
+        out->reason = "mandate_unknown";
+    } else {
+        lineage = m->lineage;
+        out->mandate_version = st->version;
+        int eff = ch__mandate_effective(st, now);
+        if (want_version > 0 && want_version != st->version)
+            out->reason = "artifact_stale";
+        else if (eff != CH__M_ACTIVE)
+            out->reason = state_reasons[eff];
+        else if (!ch__ancestors_hold(m, now, false))
+            out->reason = "ancestor_inactive";
+        else if (actor != NULL && st->actor != NULL && strcmp(actor, st->actor) != 0)
+            out->reason = "actor_mismatch";
+        else {
+            ch__verdict v = ch__scope_allows(&st->scope, a->tool ? a->tool : "",
+                                             a->lane ? a->lane : "",
+                                             a->resource ? a->resource : "", cls);
+            if (v != CH__ALLOW)
+                out->reason = verdict_reasons[v];
+            else if (over_budget(m))
+                out->reason = "budget_exceeded";
+            else
+                out->reason = "ok", out->allow = true;
+        }
+    }
+    ch__registry_unlock(reg);
+    ch_id_new("dec", out->decision_id);
+    audit_push(db, tenant, mandate, lineage, actor, session, a, out);
+}
+
+void ch_check(ch_db *db, const char *tenant, const char *mandate, const char *actor,
+              const char *session, const ch_action *action, ch_decision *out)
+{
+    check(db, tenant, mandate, actor, session, action, 0, out);
+}
+
+static const char *const check_fields[] = {"mandate", "artifact", "actor", "session", "action",
+                                           NULL};
+static const char *const action_fields[] = {"tool", "lane", "resource", "class", NULL};
+
+ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_t **out,
+                        ch_err *e)
+{
+    const char *mandate, *artifact, *actor, *session;
+    ch_action a;
+    json_t *act = NULL;
+    ch_status rc;
+
+    if (!json_is_object(body))
+        return ch_err_set(e, CH_BAD_REQUEST, NULL, "body must be a JSON object");
+    if ((rc = ch__fields_known(body, NULL, check_fields, e)) != CH_OK ||
+        (rc = ch__field_string(body, NULL, "mandate", false, 256, &mandate, e)) != CH_OK ||
+        (rc = ch__field_string(body, NULL, "artifact", false, 65536, &artifact, e)) != CH_OK ||
+        (rc = ch__field_string(body, NULL, "actor", false, 256, &actor, e)) != CH_OK ||
+        (rc = ch__field_string(body, NULL, "session", false, 256, &session, e)) != CH_OK)
+        return rc;
+    if (mandate == NULL && artifact == NULL)
+        return ch_err_set(e, CH_MISSING_FIELD, "mandate", "mandate (or artifact) is required");
+    if (mandate != NULL && artifact != NULL)
+        return ch_err_set(e, CH_BAD_REQUEST, "artifact", "give mandate or artifact, not both");
+    if ((rc = ch__field_object(body, NULL, "action", &act, e)) != CH_OK)
+        return rc;
+    if (act == NULL)
+        return ch_err_set(e, CH_MISSING_FIELD, "action", "action is required");
+    if ((rc = ch__fields_known(act, "action", action_fields, e)) != CH_OK ||
+        (rc = ch__field_string(act, "action", "tool", true, 256, &a.tool, e)) != CH_OK ||
+        (rc = ch__field_string(act, "action", "lane", true, 256, &a.lane, e)) != CH_OK ||
+        (rc = ch__field_string(act, "action", "resource", true, 4096, &a.resource, e)) !=
+            CH_OK ||
+        (rc = ch__field_string(act, "action", "class", true, 32, &a.cls, e)) != CH_OK)
+        return rc;
+    if (ch__class_parse(a.cls) == 0)
+        return ch_err_set(e, CH_INVALID_VALUE, "action.class",
+                          "class must be read, write, external or irreversible");
+
+    ch_decision d;
+    json_t *claims = NULL;
+    if (artifact != NULL) {
+        /* The artifact must verify against this server's key and be this tenant's. */
+        json_t *jwk = ch_signing_key(db);
+        char *jwk_text = jwk ? json_dumps(jwk, JSON_COMPACT) : NULL;
+        json_decref(jwk);
+        ch_err ae = {0};
+        if (jwk_text == NULL)
+            return ch_err_set(e, CH_NOMEM, NULL, NULL);
+        rc = ch_artifact_verify(jwk_text, strlen(jwk_text), artifact, ch_now_ms(), &claims, &ae);
+        free(jwk_text);
+        const char *t = json_string_value(json_object_get(claims, "tenant"));
+        mandate = json_string_value(json_object_get(claims, "mdt"));
+        json_int_t ver = json_integer_value(json_object_get(claims, "ver"));
+        if (rc != CH_OK || mandate == NULL || ver <= 0) {
+            memset(&d, 0, sizeof(d));
+            d.reason = "artifact_invalid";
+            d.checked_at = ch_now_ms();
+            ch_id_new("dec", d.decision_id);
+            audit_push(db, tenant, NULL, NULL, actor, session, &a, &d);
+            mandate = NULL;
+        } else {
+            check(db, tenant, t && strcmp(t, tenant) == 0 ? mandate : NULL, actor, session, &a,
+                  ver, &d);
+        }
+    } else {
+        check(db, tenant, mandate, actor, session, &a, 0, &d);
+    }
+    char at[32];
+    ch_time_format(d.checked_at, at);
+    *out = json_pack("{s:b, s:s, s:s?, s:o, s:s, s:s}", "allow", d.allow, "reason", d.reason,
+                     "mandate", mandate, "mandate_version",
+                     d.mandate_version ? json_integer(d.mandate_version) : json_null(),
+                     "decision_id", d.decision_id, "checked_at", at);
+    json_decref(claims);
+    return *out ? CH_OK : ch_err_set(e, CH_NOMEM, NULL, NULL);
+}
+
+/* ---- the audit trail ------------------------------------------------------------ */
+
+typedef struct audit_ctx {
+    json_t *records;
+    int64_t last;
+    int n;
+    bool nomem;
+} audit_ctx;
+
+static int add_record(void *arg, const ch_audit_row *r)
+{
+    audit_ctx *c = arg;
+    char at[32];
+    json_t *rec = json_loadb(r->data, r->data_len, 0, NULL);
+    json_t *lineage = json_array();
+    if (!json_is_object(rec)) {
+        json_decref(rec);
+        rec = json_object();
+    }
+    for (const char *p = r->lineage; p && *p;) {
+        const char *slash = strchr(p, '/');
+        size_t n = slash ? (size_t)(slash - p) : strlen(p);
+        json_array_append_new(lineage, json_stringn(p, n));
+        p += n + (slash != NULL);
+    }
+    ch_time_format(r->at, at);
+    /* Fields a record kind does not have are null. */
+    static const char *const optional[] = {"actor",  "session",         "action",
+                                           "allow",  "reason",          "mandate_version",
+                                           "decision_id", NULL};
+    for (int i = 0; optional[i]; i++) {
+        if (json_object_get(rec, optional[i]) == NULL)
+            json_object_set_new(rec, optional[i], json_null());
+    }
+    if (rec == NULL || lineage == NULL ||
+        json_object_set_new(rec, "id", json_integer(r->id)) != 0 ||
+        json_object_set_new(rec, "at", json_string(at)) != 0 ||
+        json_object_set_new(rec, "kind", json_string(r->kind)) != 0 ||
+        json_object_set_new(rec, "mandate",
+                            r->mandate[0] ? json_string(r->mandate) : json_null()) != 0 ||
+        json_object_set_new(rec, "lineage", lineage) != 0 ||
+        json_array_append_new(c->records, rec) != 0) {
+        c->nomem = true;
+        return 1;
+    }
+    c->last = r->id;
+    c->n++;
+    return 0;
+}
+
+ch_status ch_audit_list(ch_db *db, const char *tenant, const char *mandate, int64_t after,
+                        int limit, json_t **out, ch_err *e)
+{
+    char *prefix = NULL;
+    if (limit < 1 || limit > 1000)
+        return ch_err_set(e, CH_BAD_REQUEST, "limit", "limit must be 1..1000");
+    if (after < 0)
+        return ch_err_set(e, CH_BAD_REQUEST, "after", "after must be >= 0");
+    if (mandate != NULL) {
+        ch__registry *reg = ch__db_registry(db);
+        ch__registry_rdlock(reg);
+        ch__mandate *m = ch__registry_find(reg, tenant, mandate);
+        if (m != NULL && m->cur != NULL)
+            prefix = strdup(m->lineage);
+        ch__registry_unlock(reg);
+        if (prefix == NULL)
+            return ch_err_set(e, CH_NOT_FOUND, NULL, "no such mandate");
+    }
+    ch_store *r = ch__reader_get(db, e);
+    if (r == NULL) {
+        free(prefix);
+        return e ? e->status : CH_IO;
+    }
+    /* One more than asked tells whether there is a next page. */
+    audit_ctx c = {json_array(), after, 0, false};
+    ch_status rc = c.records ? ch__db_store(db)->audit_list(r, tenant, prefix, after, limit + 1,
+                                                              add_record, &c)
+                             : CH_NOMEM;
+    ch__reader_put(db, r);
+    free(prefix);
+    if (rc == CH_OK && c.nomem)
+        rc = CH_NOMEM;
+    if (rc != CH_OK) {
+        json_decref(c.records);
+        return ch_err_set(e, rc, NULL, NULL);
+    }
+    json_t *next = json_null();
+    if (c.n > limit) {
+        json_array_remove(c.records, (size_t)limit);
+        json_t *lastrec = json_array_get(c.records, (size_t)limit - 1);
+        next = json_incref(json_object_get(lastrec, "id"));
+    }
+    *out = json_pack("{s:o, s:o}", "records", c.records, "next_after", next);
+    return *out ? CH_OK : ch_err_set(e, CH_NOMEM, NULL, NULL);
+}
