@@ -39,6 +39,9 @@ struct ch__registry *ch__db_registry(ch_db *db);
 struct ch__audit_queue *ch__db_audit(ch_db *db);
 const struct ch__signer *ch__db_signer(ch_db *db);
 
+/* Appends the mandate metrics (decisions by reason, audit queue, mandates by state). */
+void ch__mandate_metrics(ch_db *db, ch_buf *out);
+
 /* The writer's pending mandate changes (registry.c): a request's changes are undone
  * back to the mark taken before it when its savepoint is undone; a batch's are
  * published after its commit. */

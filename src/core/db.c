@@ -581,4 +581,5 @@ void ch_db_render_metrics(ch_db *db, ch_buf *out)
                   "charter_fsync_failures_total %llu\n",
                   (unsigned long long)__atomic_load_n(&db->commit_failures, __ATOMIC_RELAXED),
                   (unsigned long long)__atomic_load_n(&db->fsync_failures, __ATOMIC_RELAXED));
+    ch__mandate_metrics(db, out);
 }

@@ -27,12 +27,34 @@ typedef struct aitem {
     char buf[];
 } aitem;
 
+/* Every reason a check can answer, for the decision counters. */
+static const char *const all_reasons[] = {
+    "ok",
+    "artifact_invalid",
+    "artifact_stale",
+    "mandate_unknown",
+    "mandate_proposed",
+    "mandate_suspended",
+    "mandate_revoked",
+    "mandate_expired",
+    "mandate_completed",
+    "ancestor_inactive",
+    "actor_mismatch",
+    "tool_out_of_scope",
+    "lane_out_of_scope",
+    "resource_out_of_scope",
+    "class_out_of_scope",
+    "budget_exceeded",
+};
+#define NREASONS (sizeof(all_reasons) / sizeof(all_reasons[0]))
+
 struct ch__audit_queue {
     pthread_mutex_t mu;
     aitem *head; /* newest first */
     size_t n;
     bool flush_queued;
     uint64_t dropped;
+    uint64_t decisions[NREASONS]; /* atomic */
 };
 
 ch__audit_queue *ch__audit_queue_new(void)
@@ -55,9 +77,40 @@ void ch__audit_queue_free(ch__audit_queue *q)
     free(q);
 }
 
-uint64_t ch__audit_dropped(ch__audit_queue *q)
+static void count_decision(ch__audit_queue *q, const char *reason)
 {
-    return __atomic_load_n(&q->dropped, __ATOMIC_RELAXED);
+    for (size_t i = 0; i < NREASONS; i++) {
+        if (all_reasons[i] == reason || strcmp(all_reasons[i], reason) == 0) {
+            __atomic_fetch_add(&q->decisions[i], 1, __ATOMIC_RELAXED);
+            return;
+        }
+    }
+}
+
+void ch__mandate_metrics(ch_db *db, ch_buf *out)
+{
+    ch__audit_queue *q = ch__db_audit(db);
+    ch_buf_printf(out, "# HELP charter_checks_total Check decisions, by reason.\n"
+                       "# TYPE charter_checks_total counter\n");
+    for (size_t i = 0; i < NREASONS; i++)
+        ch_buf_printf(out, "charter_checks_total{reason=\"%s\"} %llu\n", all_reasons[i],
+                      (unsigned long long)__atomic_load_n(&q->decisions[i], __ATOMIC_RELAXED));
+    pthread_mutex_lock(&q->mu);
+    size_t depth = q->n;
+    pthread_mutex_unlock(&q->mu);
+    ch_buf_printf(out,
+                  "# HELP charter_audit_queue_depth Check decisions waiting to be written.\n"
+                  "# TYPE charter_audit_queue_depth gauge\ncharter_audit_queue_depth %zu\n"
+                  "# HELP charter_audit_dropped_total Decisions not audited (queue full).\n"
+                  "# TYPE charter_audit_dropped_total counter\ncharter_audit_dropped_total %llu\n",
+                  depth, (unsigned long long)__atomic_load_n(&q->dropped, __ATOMIC_RELAXED));
+    uint64_t counts[CH__M_STATE_COUNT] = {0};
+    ch__registry_count(ch__db_registry(db), counts);
+    ch_buf_printf(out, "# HELP charter_mandates Mandates, by state.\n"
+                       "# TYPE charter_mandates gauge\n");
+    for (int i = 0; i < CH__M_STATE_COUNT; i++)
+        ch_buf_printf(out, "charter_mandates{state=\"%s\"} %llu\n", ch__mandate_state_name(i),
+                      (unsigned long long)counts[i]);
 }
 
 static void flush_done(ch_req *req)
@@ -83,6 +136,7 @@ static void audit_push(ch_db *db, const char *tenant, const char *mandate, const
                        const ch_decision *d)
 {
     ch__audit_queue *q = ch__db_audit(db);
+    count_decision(q, d->reason);
     const char *strs[] = {tenant, mandate, actor, session, a->tool, a->lane, a->resource, a->cls};
     size_t len = 0;
     for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
@@ -312,12 +366,12 @@ ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_
         return rc;
     if (act == NULL)
         return ch_err_set(e, CH_MISSING_FIELD, "action", "action is required");
-    if ((rc = ch__fields_known(act, "action", action_fields, e)) != CH_OK ||
-        (rc = ch__field_string(act, "action", "tool", true, 256, &a.tool, e)) != CH_OK ||
-        (rc = ch__field_string(act, "action", "lane", true, 256, &a.lane, e)) != CH_OK ||
-        (rc = ch__field_string(act, "action", "resource", true, 4096, &a.resource, e)) !=
+    if ((rc = ch__fields_known(act, "action.", action_fields, e)) != CH_OK ||
+        (rc = ch__field_string(act, "action.", "tool", true, 256, &a.tool, e)) != CH_OK ||
+        (rc = ch__field_string(act, "action.", "lane", true, 256, &a.lane, e)) != CH_OK ||
+        (rc = ch__field_string(act, "action.", "resource", true, 4096, &a.resource, e)) !=
             CH_OK ||
-        (rc = ch__field_string(act, "action", "class", true, 32, &a.cls, e)) != CH_OK)
+        (rc = ch__field_string(act, "action.", "class", true, 32, &a.cls, e)) != CH_OK)
         return rc;
     if (ch__class_parse(a.cls) == 0)
         return ch_err_set(e, CH_INVALID_VALUE, "action.class",

@@ -30,16 +30,16 @@ static ch_status parse_budget(const json_t *body, ch__budget *b, ch_err *e)
     ch_status rc = ch__field_object(body, NULL, "budget", &o, e);
     if (rc != CH_OK || o == NULL)
         return rc;
-    if ((rc = ch__fields_known(o, "budget", budget_fields, e)) != CH_OK ||
-        (rc = ch__field_int(o, "budget", "tokens", false, 0, INT64_C(1) << 53, &b->tokens,
+    if ((rc = ch__fields_known(o, "budget.", budget_fields, e)) != CH_OK ||
+        (rc = ch__field_int(o, "budget.", "tokens", false, 0, INT64_C(1) << 53, &b->tokens,
                             &present, e)) != CH_OK)
         return rc;
     b->has_tokens = present;
-    if ((rc = ch__field_number(o, "budget", "cost_usd", 0, 1e15, &b->cost_usd, &present, e)) !=
+    if ((rc = ch__field_number(o, "budget.", "cost_usd", 0, 1e15, &b->cost_usd, &present, e)) !=
         CH_OK)
         return rc;
     b->has_cost = present;
-    if ((rc = ch__field_int(o, "budget", "tool_calls", false, 0, INT64_C(1) << 53,
+    if ((rc = ch__field_int(o, "budget.", "tool_calls", false, 0, INT64_C(1) << 53,
                             &b->tool_calls, &present, e)) != CH_OK)
         return rc;
     b->has_calls = present;
@@ -286,10 +286,17 @@ static ch_status create_exec(ch_db *db, ch_store *w, ch_req *req)
     return finish_insert(db, w, req, NULL, ch_now_ms());
 }
 
+/* Sets e->state (after ch_err_set, which clears it) to the mandate state s. */
+static ch_status with_state(ch_err *e, ch_status st, int s)
+{
+    snprintf(e->state, sizeof(e->state), "%s", ch__mandate_state_name(s));
+    return st;
+}
+
 static ch_status inactive(ch_err *e, const ch__mandate *m, int eff, const char *what)
 {
-    snprintf(e->state, sizeof(e->state), "%s", ch__mandate_state_name(eff));
-    return ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s %s", m->id, what);
+    ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s %s", m->id, what);
+    return with_state(e, CH_MANDATE_INACTIVE, eff);
 }
 
 /* Does m hold now in the writer's view? CH_OK or CH_MANDATE_INACTIVE in e. */
@@ -466,9 +473,9 @@ static ch_status patch_exec(ch_db *db, ch_store *w, ch_req *req)
     const ch__mstate *v = ch__mview(m);
     int eff = ch__mandate_effective(v, now);
     if (CH__M_FINAL(eff)) {
-        snprintf(e->state, sizeof(e->state), "%s", ch__mandate_state_name(eff));
-        return ch_err_set(e, CH_INVALID_TRANSITION, NULL, "a %s mandate cannot be amended",
-                          ch__mandate_state_name(eff));
+        ch_err_set(e, CH_INVALID_TRANSITION, NULL, "a %s mandate cannot be amended",
+                   ch__mandate_state_name(eff));
+        return with_state(e, CH_INVALID_TRANSITION, eff);
     }
     ch__scope scope = {0};
     json_t *cond = NULL;
@@ -684,9 +691,9 @@ static ch_status transition_exec(ch_db *db, ch_store *w, ch_req *req)
         return ch_err_set(e, CH_NOT_FOUND, NULL, "no such mandate");
     int eff = ch__mandate_effective(ch__mview(m), now);
     if (!(t->from & (1u << eff))) {
-        snprintf(e->state, sizeof(e->state), "%s", ch__mandate_state_name(eff));
-        return ch_err_set(e, CH_INVALID_TRANSITION, NULL, "cannot %s a mandate that is %s",
-                          t->verb, ch__mandate_state_name(eff));
+        ch_err_set(e, CH_INVALID_TRANSITION, NULL, "cannot %s a mandate that is %s", t->verb,
+                   ch__mandate_state_name(eff));
+        return with_state(e, CH_INVALID_TRANSITION, eff);
     }
     ch_status rc = set_state(db, w, m, t->to, t->event, p->reason, m, now);
     if (rc == CH_OK && t->to != CH__M_ACTIVE)
@@ -740,10 +747,8 @@ ch_status ch__mandate_may_bind(ch_db *db, const char *tenant, const char *mandat
 ch_status ch__mandate_may_continue(ch_db *db, const char *tenant, const char *mandate, ch_err *e)
 {
     ch__mandate *m = ch__registry_find(ch__db_registry(db), tenant, mandate);
-    if (m == NULL) {
-        snprintf(e->state, sizeof(e->state), "unknown");
+    if (m == NULL)
         return ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s is unknown", mandate);
-    }
     return holds(m, ch_now_ms(), e);
 }
 

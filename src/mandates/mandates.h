@@ -98,6 +98,9 @@ ch__mandate *ch__registry_find(ch__registry *reg, const char *tenant, const char
 /* The mandate id of any tenant, or NULL (for the expiry timer). */
 ch__mandate *ch__registry_find_any(ch__registry *reg, const char *id);
 
+/* Counts published mandates by their state now. */
+void ch__registry_count(ch__registry *reg, uint64_t counts[CH__M_STATE_COUNT]);
+
 /* Writer only. The writer's view of m: its pending version, else its published one. */
 static inline const ch__mstate *ch__mview(const ch__mandate *m)
 {

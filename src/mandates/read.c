@@ -118,9 +118,9 @@ ch_status ch_mandate_artifact(ch_db *db, const char *tenant, const char *id, con
         rc = ch_err_set(e, CH_NOT_FOUND, NULL, "no such mandate");
     } else if (ch__mandate_effective(st, now) != CH__M_ACTIVE ||
                !ch__ancestors_hold(m, now, false)) {
+        rc = ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s does not hold", id);
         snprintf(e->state, sizeof(e->state), "%s",
                  ch__mandate_state_name(ch__mandate_effective(st, now)));
-        rc = ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s does not hold", id);
     } else {
         int64_t stale = ch__db_config(db)->max_staleness;
         exp = now + (ttl < stale ? ttl : stale);

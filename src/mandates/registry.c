@@ -238,11 +238,12 @@ json_t *ch__mandate_json(const ch__mandate *m, const ch__mstate *st, const ch__u
         header[n++] = *p;
     }
     snprintf(header + n, sizeof(header) - n, "\"; s256=\"%s\"", st->mission_hash);
-    return json_pack("{s:s, s:s, s:I, s:s, s:s, s:O*, s:o, s:o, s:O, s:s, s:i, s:i, s:o,"
+    return json_pack("{s:s, s:s, s:I, s:s, s:s, s:o, s:o, s:o, s:O, s:s, s:i, s:i, s:o,"
                      " s:s, s:o, s:{s:I, s:f, s:I}, s:s, s:s, s:o, s:s, s:s}",
                      "id", m->id, "state", ch__mandate_state_name(st->state), "version",
                      (json_int_t)st->version, "purpose", st->purpose, "approver", st->approver,
-                     "evidence", st->evidence, "actor", str_or_null(st->actor), "scope",
+                     "evidence", st->evidence ? json_incref(st->evidence) : json_null(), "actor",
+                     str_or_null(st->actor), "scope",
                      ch__scope_json(&st->scope), "conditions", st->conditions, "expires_at",
                      exp, "max_depth", st->max_depth, "depth", m->depth, "parent",
                      m->parent ? json_string(m->parent->id) : json_null(), "root", root->id,
@@ -310,6 +311,19 @@ ch__mandate *ch__registry_find_any(ch__registry *reg, const char *id)
             return m;
     }
     return NULL;
+}
+
+void ch__registry_count(ch__registry *reg, uint64_t counts[CH__M_STATE_COUNT])
+{
+    int64_t now = ch_now_ms();
+    pthread_rwlock_rdlock(&reg->lock);
+    for (size_t i = 0; i < reg->nbuckets; i++) {
+        for (ch__mandate *m = reg->buckets[i]; m; m = m->hnext) {
+            if (m->cur != NULL)
+                counts[ch__mandate_effective(m->cur, now)]++;
+        }
+    }
+    pthread_rwlock_unlock(&reg->lock);
 }
 
 /* Under the write lock. */

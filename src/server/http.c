@@ -749,7 +749,11 @@ static void route_mandates(call *c, const char *tenant, h2o_iovec_t *seg, int n)
             submit_body(c, CH_OP_MANDATE_CREATE, tenant, NULL, false, 201);
         return;
     }
-    if (n > 4 || !path_id(c, seg[2], "mdt", id))
+    if (n > 4) {
+        fail(c, CH_NOT_FOUND, NULL, "no such route");
+        return;
+    }
+    if (!path_id(c, seg[2], "mdt", id))
         return;
     if (n == 3) {
         if (method_is(req, "GET")) {
