@@ -20,6 +20,7 @@ typedef struct undo {
     ch__mandate *m;
     ch__mstate *old_next; /* what m->next was before this entry's change */
     ch__usage old_spent_next;
+    bool edited;   /* this entry replaced m->next (ch__registry_edit) */
     bool inserted; /* m was created by this entry */
 } undo;
 
@@ -376,7 +377,7 @@ static void mandate_free(ch__mandate *m)
 
 /* ---- the writer's pending changes ----------------------------------------------- */
 
-static ch_status log_push(ch__registry *reg, ch__mandate *m, bool inserted)
+static ch_status log_push(ch__registry *reg, ch__mandate *m, bool edited, bool inserted)
 {
     if (reg->nlog == reg->caplog) {
         size_t cap = reg->caplog ? reg->caplog * 2 : 64;
@@ -398,14 +399,14 @@ static ch_status log_push(ch__registry *reg, ch__mandate *m, bool inserted)
         reg->touched[reg->ntouched++] = m;
         m->touched = true;
     }
-    reg->log[reg->nlog++] = (undo){m, m->next, m->spent_next, inserted};
+    reg->log[reg->nlog++] = (undo){m, m->next, m->spent_next, edited, inserted};
     return CH_OK;
 }
 
 ch__mstate *ch__registry_edit(ch__registry *reg, ch__mandate *m)
 {
     ch__mstate *c = ch__mstate_copy(ch__mview(m));
-    if (c == NULL || log_push(reg, m, false) != CH_OK) {
+    if (c == NULL || log_push(reg, m, true, false) != CH_OK) {
         ch__mstate_free(c);
         return NULL;
     }
@@ -415,7 +416,7 @@ ch__mstate *ch__registry_edit(ch__registry *reg, ch__mandate *m)
 
 ch_status ch__registry_spend(ch__registry *reg, ch__mandate *m, const ch__usage *u)
 {
-    if (log_push(reg, m, false) != CH_OK)
+    if (log_push(reg, m, false, false) != CH_OK)
         return CH_NOMEM;
     m->spent_next.tokens += u->tokens;
     m->spent_next.cost_usd += u->cost_usd;
@@ -452,7 +453,7 @@ ch_status ch__registry_insert(ch__registry *reg, const char *tenant, const char 
         if (k == NULL)
             goto fail;
     }
-    if (log_push(reg, m, true) != CH_OK)
+    if (log_push(reg, m, false, true) != CH_OK)
         goto fail;
     m->next = st;
     pthread_rwlock_wrlock(&reg->lock);
@@ -501,9 +502,10 @@ void ch__registry_undo(ch__registry *reg, size_t mark)
             mandate_free(m);
             continue;
         }
-        if (m->next != u->old_next)
+        if (u->edited) {
             ch__mstate_free(m->next);
-        m->next = u->old_next;
+            m->next = u->old_next;
+        }
         m->spent_next = u->old_spent_next;
     }
 }
@@ -517,11 +519,12 @@ void ch__registry_publish(ch__registry *reg)
         reg->nlog = 0;
         return;
     }
-    /* Superseded pending records (an earlier request's version that a later request
-     * of the batch replaced) are freed: only m->next is kept. */
+    /* Superseded pending records (an earlier request's version that a later edit in
+     * the batch replaced) are freed: only m->next is kept. Each pending record is the
+     * old_next of at most one edit. */
     for (size_t i = 0; i < reg->nlog; i++) {
         undo *u = &reg->log[i];
-        if (!u->inserted && u->old_next != NULL && u->old_next != u->m->next)
+        if (u->edited && u->old_next != NULL)
             ch__mstate_free(u->old_next);
     }
     reg->nlog = 0;
@@ -593,7 +596,13 @@ ch_status ch__registry_open(ch_db *db, ch_store *w, ch__registry **out, ch_err *
     ch__registry *reg = calloc(1, sizeof(*reg));
     if (reg == NULL)
         return ch_err_set(e, CH_NOMEM, NULL, NULL);
-    pthread_rwlock_init(&reg->lock, NULL);
+    /* Checks hold the read lock briefly but may overlap without pause on many threads:
+     * prefer the writer, so that publishing a revocation is never starved by them. */
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&reg->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
     pthread_mutex_init(&reg->ex_mu, NULL);
     pthread_cond_init(&reg->ex_cv, NULL);
     reg->db = db;
