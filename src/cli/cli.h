@@ -29,10 +29,14 @@ enum {
 
 /* `charter serve`: defined by the server (src/server). */
 int ch__serve_main(int argc, char **argv);
-/* `charter keys create`: offline, on the data dir. */
+/* `charter keys create` (offline, on the data dir) and `charter keys signing`. */
 int ch__keys_main(int argc, char **argv);
 /* `charter session <verb>`: the sessions API over HTTP. */
 int ch__session_main(int argc, char **argv);
+/* `charter mandate <verb>`: the mandates API over HTTP, and offline artifact checks. */
+int ch__mandate_main(int argc, char **argv);
+/* `charter events`: follows the tenant's event stream (Server-Sent Events). */
+int ch__events_main(int argc, char **argv);
 
 /* ---------------------------------------------------------------------------------
  * HTTP client (client.c). One process talks to one server: ch__client_init() sets the
@@ -59,9 +63,28 @@ const char *ch__client_base_url(void);
  * *reply is NULL unless the result is CH__EXIT_OK. */
 int ch__client_request_raw(const char *method, const char *path, const char *body, size_t body_len,
                            long *status, json_t **reply);
+/* GETs path like ch__client_request_raw() and, on success, hands back the reply body
+ * exactly as the server sent it: *text is malloc'd and NUL-terminated (free()), *len
+ * its length. Used where the bytes themselves matter (a key saved to a file). */
+int ch__client_get_text(const char *path, char **text, size_t *len);
 /* ch__client_request_raw() with body serialized from a JSON value (NULL: no body). */
 int ch__client_request(const char *method, const char *path, const json_t *body, long *status,
                        json_t **reply);
+/* Receives a streamed reply body piece by piece; returning anything but n stops the
+ * transfer. */
+typedef size_t (*ch__client_sink)(const char *p, size_t n, void *udata);
+/* GETs path with Accept: text/event-stream and the extra header lines (a NULL-ended
+ * array, or NULL), and hands the body of a 2xx reply to sink as it arrives, until the
+ * server ends it, the connection breaks, the sink stops it, or nothing (not even a
+ * keep-alive) has arrived for 45 s. Returns:
+ *   CH__EXIT_OK           a 2xx reply was streamed; why holds how it broke ("" when
+ *                         it ended cleanly or the sink stopped it)
+ *   CH__EXIT_FAIL         the server answered with an error; it has been printed
+ *   CH__EXIT_UNREACHABLE  no reply, or 503 (a draining server); the reason is in why,
+ *                         not printed: the caller decides whether to retry
+ * *status (may be NULL) receives the HTTP status, or 0. */
+int ch__client_stream(const char *path, const char *const *extra_headers, ch__client_sink sink,
+                      void *udata, long *status, char *why, size_t why_size);
 /* Percent-encodes s for a URL path segment or query value. Returns malloc'd memory
  * (free()). */
 char *ch__client_escape(const char *s);
@@ -120,6 +143,17 @@ void ch__view_fact(const json_t *reply);     /* {key, value, updated_at} */
 void ch__view_fact_deleted(const json_t *reply);
 void ch__view_compacted(const json_t *reply); /* {summary_seq, archived} */
 void ch__view_bundle(const json_t *reply);
+
+/* Human views of the mandates API replies. */
+void ch__view_mandate(const json_t *mandate);
+/* {mandate, ancestors, descendants} as an indented tree; self (may be NULL) is the
+ * mandate object itself, for its own line. */
+void ch__view_mandate_tree(const json_t *tree, const json_t *self);
+void ch__view_check(const json_t *reply); /* {allow, reason, mandate, ...} */
+/* The verified claims of an artifact as key: value lines. */
+void ch__view_artifact_claims(const json_t *claims);
+/* One event of GET /v1/events as "ID  TYPE  summary" (no newline). malloc'd. */
+char *ch__event_line(const char *id, const char *type, const json_t *data);
 
 /* ---------------------------------------------------------------------------------
  * Utilities (util.c). The x* allocators print "charter: out of memory" and exit 1

@@ -219,8 +219,26 @@ static void report_error(long status, const json_t *reply, const reply_buf *raw)
         fputs("charter: no API key given: set CHARTER_KEY or pass --key-file FILE\n", stderr);
 }
 
-int ch__client_request_raw(const char *method, const char *path, const char *body, size_t body_len,
-                           long *status_out, json_t **reply_out)
+/* Sets the options every request shares on the (reset) handle: url, timeouts, user
+ * agent, headers and the error buffer. */
+static void setup_handle(CURL *c, const char *url, struct curl_slist *headers, char *errbuf)
+{
+    /* Reset keeps the live connection; it forgets the previous request's options. */
+    curl_easy_reset(c);
+    errbuf[0] = '\0';
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "charter-cli/" CH__CLI_VERSION);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+}
+
+/* One request; on a 2xx JSON reply *reply_out gets the document and, when text_out
+ * is not NULL, *text_out the body exactly as received (malloc'd, NUL-terminated). */
+static int perform(const char *method, const char *path, const char *body, size_t body_len,
+                   long *status_out, json_t **reply_out, char **text_out, size_t *text_len)
 {
     CURL *c = client.curl;
     struct curl_slist *headers = NULL;
@@ -245,16 +263,7 @@ int ch__client_request_raw(const char *method, const char *path, const char *bod
     if (client.auth != NULL)
         headers = add_header(headers, client.auth);
 
-    /* Reset keeps the live connection; it forgets the previous request's options. */
-    curl_easy_reset(c);
-    errbuf[0] = '\0';
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "charter-cli/" CH__CLI_VERSION);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    setup_handle(c, url, headers, errbuf);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &raw);
     if (body != NULL) {
@@ -290,12 +299,129 @@ int ch__client_request_raw(const char *method, const char *path, const char *bod
     }
     *reply_out = reply;
     reply = NULL;
+    if (text_out != NULL) {
+        *text_out = raw.data;
+        *text_len = raw.len;
+        raw.data = NULL;
+    }
     rc = CH__EXIT_OK;
 
 done:
     json_decref(reply);
     curl_slist_free_all(headers);
     free(raw.data);
+    free(url);
+    return rc;
+}
+
+int ch__client_request_raw(const char *method, const char *path, const char *body, size_t body_len,
+                           long *status_out, json_t **reply_out)
+{
+    return perform(method, path, body, body_len, status_out, reply_out, NULL, NULL);
+}
+
+int ch__client_get_text(const char *path, char **text, size_t *len)
+{
+    json_t *reply = NULL;
+    int rc = perform("GET", path, NULL, 0, NULL, &reply, text, len);
+
+    json_decref(reply);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Streaming (Server-Sent Events)
+ * ------------------------------------------------------------------------------- */
+
+typedef struct stream_ctx {
+    CURL *curl;
+    ch__client_sink sink;
+    void *udata;
+    int verdict;   /* 0 until the status is known, then 1 (2xx: stream) or -1 (error) */
+    bool stopped;  /* the sink asked to stop */
+    reply_buf err; /* the body of an error reply */
+} stream_ctx;
+
+static size_t on_stream_data(char *p, size_t size, size_t n, void *udata)
+{
+    stream_ctx *s = udata;
+    size_t len = size * n;
+
+    if (s->verdict == 0) {
+        long status = 0;
+
+        curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &status);
+        s->verdict = status >= 200 && status < 300 ? 1 : -1;
+    }
+    if (s->verdict < 0)
+        return on_data(p, size, n, &s->err);
+    if (s->sink(p, len, s->udata) != len) {
+        s->stopped = true;
+        return 0; /* curl ends the transfer with CURLE_WRITE_ERROR */
+    }
+    return len;
+}
+
+int ch__client_stream(const char *path, const char *const *extra_headers, ch__client_sink sink,
+                      void *udata, long *status_out, char *why, size_t why_size)
+{
+    CURL *c = client.curl;
+    struct curl_slist *headers = NULL;
+    stream_ctx s = {.curl = c, .sink = sink, .udata = udata};
+    char errbuf[CURL_ERROR_SIZE];
+    char *url = ch__xasprintf("%s%s", client.base, path);
+    json_t *reply = NULL;
+    long status = 0;
+    CURLcode cc;
+    int rc;
+
+    why[0] = '\0';
+    headers = add_header(headers, "Accept: text/event-stream");
+    headers = add_header(headers, "Cache-Control: no-cache");
+    if (client.auth != NULL)
+        headers = add_header(headers, client.auth);
+    for (size_t i = 0; extra_headers != NULL && extra_headers[i] != NULL; i++)
+        headers = add_header(headers, extra_headers[i]);
+
+    setup_handle(c, url, headers, errbuf);
+    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_stream_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &s);
+    /* The server sends a keep-alive comment every 15 s: a connection silent for 45 s
+     * is dead even if TCP has not noticed. */
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 45L);
+
+    cc = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (status_out != NULL)
+        *status_out = status;
+    if (s.verdict == 0 && status != 0)
+        s.verdict = status >= 200 && status < 300 ? 1 : -1;
+
+    if (s.verdict > 0) {
+        /* The stream ran; however it ended (the sink stopped it, the server closed it,
+         * the connection broke), the caller decides what comes next. */
+        if (cc != CURLE_OK && !s.stopped)
+            snprintf(why, why_size, "%s", errbuf[0] != '\0' ? errbuf : curl_easy_strerror(cc));
+        rc = CH__EXIT_OK;
+    } else if (s.verdict < 0 && status != 503) {
+        if (s.err.len > 0)
+            reply = json_loadb(s.err.data, s.err.len, 0, NULL);
+        report_error(status, reply, &s.err);
+        rc = CH__EXIT_FAIL;
+    } else {
+        /* No reply, or 503 (the server is draining for a restart): both are worth
+         * waiting out. */
+        if (s.verdict < 0)
+            snprintf(why, why_size, "HTTP %ld (the server is not serving)", status);
+        else
+            snprintf(why, why_size, "%s", errbuf[0] != '\0' ? errbuf : curl_easy_strerror(cc));
+        rc = CH__EXIT_UNREACHABLE;
+    }
+    json_decref(reply);
+    free(s.err.data);
+    curl_slist_free_all(headers);
     free(url);
     return rc;
 }

@@ -2,9 +2,13 @@
  * keys.c — `charter keys create`: makes an API key for a tenant directly in the data
  * dir, without a running server (or next to one: the database takes concurrent
  * writers). The key is printed once on stdout; only its hash is stored.
+ *
+ * `charter keys signing` fetches the server's public artifact-signing key (a JWK)
+ * and prints it exactly as served, for `charter mandate verify-artifact`.
  */
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <sodium.h>
@@ -14,13 +18,20 @@
 
 static const char usage_text[] =
     "usage: charter keys create --tenant T [--data-dir DIR] [--config FILE]\n"
+    "       charter keys signing [--url URL] [--key-file FILE]\n"
     "\n"
-    "Creates tenant T if it is new and an API key for it, and prints the key on stdout.\n"
-    "Works on the data dir directly; a server may be running on it.\n"
+    "create: creates tenant T if it is new and an API key for it, and prints the key on\n"
+    "stdout. Works on the data dir directly; a server may be running on it.\n"
     "\n"
     "  --tenant T       tenant name: 1-64 of [a-z0-9_-]\n"
     "  --data-dir DIR   data dir (default: from --config, CHARTER_DATA_DIR, ./charter-data)\n"
-    "  --config FILE    charter.yaml to read first\n";
+    "  --config FILE    charter.yaml to read first\n"
+    "\n"
+    "signing: prints the server's public artifact-signing key (GET /v1/keys/signing), a\n"
+    "JWK, exactly as served: save it for `charter mandate verify-artifact --public-key`.\n"
+    "\n"
+    "  --url URL        server base URL (default: $CHARTER_URL, else http://127.0.0.1:7433)\n"
+    "  --key-file FILE  read the API key from the first line of FILE (default: $CHARTER_KEY)\n";
 
 static int usage_error(const char *fmt, const char *arg)
 {
@@ -68,6 +79,63 @@ fail:
     return rc;
 }
 
+/* `keys signing`: the reply body goes to stdout byte for byte (plus a newline when it
+ * lacks one), so the saved file is what the server published. */
+static int keys_signing(int argc, char **argv)
+{
+    /* --json is accepted for symmetry with the other commands: the output is JSON. */
+    static const struct option longopts[] = {
+        {"url", required_argument, NULL, 'u'},
+        {"key-file", required_argument, NULL, 'k'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *url = NULL, *key_file = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    int opt, rc;
+
+    optind = 0;
+    opterr = 0;
+    for (;;) {
+        opt = getopt_long(argc, argv, ":h", longopts, NULL);
+        if (opt == -1)
+            break;
+        switch (opt) {
+        case 'u':
+            url = optarg;
+            break;
+        case 'k':
+            key_file = optarg;
+            break;
+        case 'j':
+            break;
+        case 'h':
+            fputs(usage_text, stdout);
+            return ch__flush_stdout();
+        case ':':
+            return usage_error("option '%s' needs a value", argv[optind - 1]);
+        default:
+            return usage_error("unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return usage_error("unexpected argument '%s'", argv[optind]);
+
+    rc = ch__client_init(url, key_file);
+    if (rc == CH__EXIT_OK)
+        rc = ch__client_get_text("/v1/keys/signing", &text, &len);
+    ch__client_cleanup();
+    if (rc != CH__EXIT_OK)
+        return rc;
+    fwrite(text, 1, len, stdout);
+    if (len == 0 || text[len - 1] != '\n')
+        fputc('\n', stdout);
+    free(text);
+    return ch__flush_stdout();
+}
+
 int ch__keys_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -84,6 +152,8 @@ int ch__keys_main(int argc, char **argv)
         fputs(usage_text, argc < 2 ? stderr : stdout);
         return argc < 2 ? CH__EXIT_USAGE : CH__EXIT_OK;
     }
+    if (strcmp(argv[1], "signing") == 0)
+        return keys_signing(argc - 1, argv + 1);
     if (strcmp(argv[1], "create") != 0)
         return usage_error("unknown verb '%s'", argv[1]);
 

@@ -1,6 +1,6 @@
 /*
  * main.c — the `charter` binary's entry point: dispatches `charter <command> ...` to
- * the command's own main (serve, keys, session, ...) through one table, and answers
+ * the command's own main (serve, keys, session, mandate, events) through one table, and answers
  * --help and --version.
  */
 #include <stdio.h>
@@ -16,8 +16,10 @@ typedef struct command {
 
 static const command commands[] = {
     {"serve", ch__serve_main, "run the HTTP server (see docs/config.md)"},
-    {"keys", ch__keys_main, "create API keys, offline, in a data dir"},
+    {"keys", ch__keys_main, "create API keys offline; fetch the artifact signing key"},
     {"session", ch__session_main, "open, read and write sessions through the HTTP API"},
+    {"mandate", ch__mandate_main, "create, delegate, check and revoke mandates; verify artifacts"},
+    {"events", ch__events_main, "follow the stream of mandate and session events"},
 };
 
 static void usage(FILE *f)
@@ -29,7 +31,8 @@ static void usage(FILE *f)
           "  charter <command> --help   help on one command\n"
           "  charter --version          print the version\n"
           "\n"
-          "environment (session): CHARTER_URL (default http://127.0.0.1:7433), CHARTER_KEY\n"
+          "environment (session, mandate, events, keys signing):\n"
+          "  CHARTER_URL (default http://127.0.0.1:7433), CHARTER_KEY\n"
           "exit codes: 0 ok, 1 error, 2 server unreachable, 64 usage error\n",
           f);
 }

@@ -1,26 +1,35 @@
 /*
  * output.c — how the command line prints: JSON for --json and for pipes, and for a
- * terminal aligned tables and "key: value" views of the sessions API replies. Every
+ * terminal aligned tables and "key: value" views of the sessions and mandates API
+ * replies and of the event stream. Every
  * string that came from the server is clipped and stripped of control characters
  * before it reaches a terminal.
  */
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "charter.h"
 #include "cli/cli.h"
 
 /* Width of one table cell in the human views (longer text ends in "..."). */
 #define CONTENT_MAX 60
 #define NAME_MAX_CHARS 24
 
-/* Digits of the shortest "%.*g" of d that reads back as d (17 always does). */
+/* Digits of the shortest "%.*g" of d that reads back as d (17 always does). Never
+ * fewer than d's integer digits: "%.1g" of 40 is "4e+01", which reads back but is no
+ * way to print a price. */
 static int shortest_digits(double d)
 {
     char text[40];
+    int first = 1;
 
-    for (int p = 1; p < 17; p++) {
+    for (double mag = fabs(d); mag >= 10 && first < 17; mag /= 10)
+        first++;
+    for (int p = first; p < 17; p++) {
         snprintf(text, sizeof text, "%.*g", p, d);
         if (strtod(text, NULL) == d)
             return p;
@@ -227,7 +236,36 @@ void ch__table_free(ch__table *t)
  * Views of the sessions API
  * ------------------------------------------------------------------------------- */
 
-/* An object of scalars as "k=v k=v" ("-" when empty); other values as cells. */
+/* An array of strings as "a,b,c" ("-" when empty); anything else as a cell. */
+static char *list_text(const json_t *v)
+{
+    size_t i;
+    json_t *item;
+    char *out = NULL;
+
+    if (!json_is_array(v))
+        return ch__cell_text(v, 0);
+    json_array_foreach(v, i, item)
+    {
+        if (!json_is_string(item))
+            return ch__cell_text(v, 0);
+    }
+    if (json_array_size(v) == 0)
+        return ch__xstrdup("-");
+    json_array_foreach(v, i, item)
+    {
+        char *text = ch__clip_text(json_string_value(item), 0);
+        char *next = ch__xasprintf("%s%s%s", out ? out : "", out ? "," : "", text);
+
+        free(text);
+        free(out);
+        out = next;
+    }
+    return out;
+}
+
+/* An object of scalars as "k=v k=v" ("-" when empty), lists of strings as "k=a,b";
+ * other values as cells. */
 static char *value_text(const json_t *v)
 {
     const char *k;
@@ -235,11 +273,11 @@ static char *value_text(const json_t *v)
     char *out = NULL;
 
     if (!json_is_object(v) || json_object_size(v) == 0)
-        return ch__cell_text(json_is_object(v) ? NULL : v, 0);
+        return list_text(json_is_object(v) ? NULL : v);
     json_object_foreach((json_t *)v, k, item)
     {
         char *key = ch__clip_text(k, 0);
-        char *val = ch__cell_text(item, 0);
+        char *val = list_text(item);
         char *next = ch__xasprintf("%s%s%s=%s", out ? out : "", out ? " " : "", key, val);
 
         free(key);
@@ -519,4 +557,191 @@ void ch__view_bundle(const json_t *reply)
         free(id);
         free(after);
     }
+}
+
+/* ---------------------------------------------------------------------------------
+ * Views of the mandates API
+ * ------------------------------------------------------------------------------- */
+
+void ch__view_mandate(const json_t *mandate)
+{
+    static const char *const order[] = {
+        "id",     "state",      "version",    "purpose",    "approver",     "actor",
+        "scope",  "conditions", "evidence",   "expires_at", "max_depth",    "depth",
+        "parent", "root",       "budget",     "spent",      "mission_hash", "mission_header",
+        "reason", "created_at", "updated_at", NULL,
+    };
+
+    print_fields(mandate, order);
+}
+
+/* One row of the tree: the id indented by depth (marked when it is the mandate asked
+ * about), then state, actor, version and deadline. */
+static void tree_row(ch__table *t, const json_t *entry, json_int_t depth, bool self)
+{
+    char *id = ch__cell_text(json_object_get(entry, "id"), 0);
+    char *row[5];
+
+    if (depth < 0)
+        depth = 0;
+    if (depth > 64)
+        depth = 64;
+    row[0] = ch__xasprintf("%*s%s%s", (int)(2 * depth), "", id, self ? " *" : "");
+    row[1] = ch__cell_text(json_object_get(entry, "state"), 0);
+    row[2] = ch__cell_text(json_object_get(entry, "actor"), NAME_MAX_CHARS);
+    row[3] = ch__cell_text(json_object_get(entry, "version"), 0);
+    row[4] = ch__cell_text(json_object_get(entry, "expires_at"), 0);
+    free(id);
+    ch__table_add(t, row);
+}
+
+void ch__view_mandate_tree(const json_t *tree, const json_t *self)
+{
+    static const char *const headers[] = {"MANDATE", "STATE", "ACTOR", "VERSION", "EXPIRES"};
+    const json_t *ancestors = json_object_get(tree, "ancestors");
+    const json_t *descendants = json_object_get(tree, "descendants");
+    json_t *own = NULL, *entry;
+    ch__table t;
+    size_t i;
+
+    if (self == NULL) {
+        own = ch__json_object();
+        ch__json_set(own, "id", json_incref(json_object_get(tree, "mandate")));
+        ch__json_set(own, "depth", json_integer((json_int_t)json_array_size(ancestors)));
+        self = own;
+    }
+    ch__table_init(&t, 5, headers);
+    json_array_foreach(ancestors, i, entry)
+        tree_row(&t, entry, json_integer_value(json_object_get(entry, "depth")), false);
+    tree_row(&t, self, json_integer_value(json_object_get(self, "depth")), true);
+    json_array_foreach(descendants, i, entry)
+        tree_row(&t, entry, json_integer_value(json_object_get(entry, "depth")), false);
+    ch__table_print(&t, stdout, "");
+    ch__table_free(&t);
+    json_decref(own);
+}
+
+void ch__view_check(const json_t *reply)
+{
+    bool allow = json_is_true(json_object_get(reply, "allow"));
+    char *reason = ch__cell_text(json_object_get(reply, "reason"), 0);
+    char *mandate = ch__cell_text(json_object_get(reply, "mandate"), 0);
+    char *version = ch__cell_text(json_object_get(reply, "mandate_version"), 0);
+    char *decision = ch__cell_text(json_object_get(reply, "decision_id"), 0);
+
+    printf("%s: %s (mandate %s, version %s, decision %s)\n", allow ? "allow" : "deny", reason,
+           mandate, version, decision);
+    free(reason);
+    free(mandate);
+    free(version);
+    free(decision);
+}
+
+/* A claim in seconds since the epoch as RFC 3339 ("-" when it is not a number). */
+static json_t *claim_time(const json_t *v)
+{
+    char text[32];
+
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        json_integer_value(v) > INT64_MAX / 1000)
+        return json_string("-");
+    ch_time_format((int64_t)json_integer_value(v) * 1000, text);
+    return json_string(text);
+}
+
+void ch__view_artifact_claims(const json_t *claims)
+{
+    static const char *const order[] = {
+        "valid",  "mandate", "version",   "actor",      "scope", "mission",
+        "tenant", "issuer",  "issued_at", "expires_at", NULL,
+    };
+    static const struct {
+        const char *claim, *name;
+    } names[] = {{"mdt", "mandate"},  {"ver", "version"}, {"iss", "issuer"},
+                 {"actor", "actor"},  {"scope", "scope"}, {"mission", "mission"},
+                 {"tenant", "tenant"}};
+    json_t *view = ch__json_object();
+
+    ch__json_set(view, "valid", json_string("yes"));
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        json_t *v = json_object_get(claims, names[i].claim);
+
+        if (v != NULL)
+            ch__json_set(view, names[i].name, json_incref(v));
+    }
+    ch__json_set(view, "issued_at", claim_time(json_object_get(claims, "iat")));
+    ch__json_set(view, "expires_at", claim_time(json_object_get(claims, "exp")));
+    print_fields(view, order);
+    json_decref(view);
+}
+
+/* ---------------------------------------------------------------------------------
+ * The event stream
+ * ------------------------------------------------------------------------------- */
+
+/* Appends " name=value" to *out for a member of data that is present and not null;
+ * strings are quoted when they hold a space. */
+static void add_member(char **out, const json_t *data, const char *name)
+{
+    const json_t *v = json_object_get(data, name);
+    char *text, *next;
+
+    if (v == NULL || json_is_null(v))
+        return;
+    text = list_text(v);
+    if (json_is_string(v) && strchr(text, ' ') != NULL)
+        next = ch__xasprintf("%s %s=\"%s\"", *out, name, text);
+    else
+        next = ch__xasprintf("%s %s=%s", *out, name, text);
+    free(text);
+    free(*out);
+    *out = next;
+}
+
+char *ch__event_line(const char *id, const char *type, const json_t *data)
+{
+    /* The members shown for each family of events, after the subject. */
+    static const char *const mandate_members[] = {"state",      "version", "parent", "reason",
+                                                  "expires_at", "scope",   NULL};
+    static const char *const session_members[] = {"from", "state", "mandate", "reason", NULL};
+    const char *const *members = NULL;
+    const char *subject_key = NULL;
+    char *line, *tid = ch__clip_text(id, 0), *ttype = ch__clip_text(type, 0);
+
+    if (strncmp(type, "mandate.", 8) == 0) {
+        subject_key = "mandate";
+        members = mandate_members;
+    } else if (strncmp(type, "session.", 8) == 0) {
+        subject_key = "session";
+        members = session_members;
+    }
+
+    line = ch__xasprintf("%-6s %-20s", tid, ttype);
+    if (subject_key != NULL) {
+        char *subject = ch__cell_text(json_object_get(data, subject_key), 0);
+        const char *cause = json_string_value(json_object_get(data, "cause"));
+        const char *self = json_string_value(json_object_get(data, subject_key));
+        char *next = ch__xasprintf("%s %s", line, subject);
+
+        free(subject);
+        free(line);
+        line = next;
+        for (size_t i = 0; members[i] != NULL; i++)
+            add_member(&line, data, members[i]);
+        /* The cause matters only when the change cascaded from another mandate. */
+        if (cause != NULL && (self == NULL || strcmp(cause, self) != 0))
+            add_member(&line, data, "cause");
+    } else {
+        const char *k;
+        json_t *v;
+
+        json_object_foreach((json_t *)data, k, v)
+        {
+            if (strcmp(k, "id") != 0 && strcmp(k, "type") != 0 && strcmp(k, "at") != 0)
+                add_member(&line, data, k);
+        }
+    }
+    free(tid);
+    free(ttype);
+    return line;
 }

@@ -1,0 +1,485 @@
+/*
+ * events.c — `charter events`: follows GET /v1/events, the tenant's Server-Sent
+ * Events stream of mandate and session changes, printing one line per event.
+ *
+ * The stream is parsed as libcurl hands it over (text/event-stream: "field: value"
+ * lines, a blank line ends an event). When the connection drops the command
+ * reconnects with Last-Event-ID set to the last id it saw, so no event is lost or
+ * repeated, backing off from 0.5 s to 5 s; it gives up (exit 2) once the server has
+ * been unreachable for 30 s.
+ */
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "charter.h"
+#include "cli/cli.h"
+
+#define BACKOFF_FIRST_MS 500
+#define BACKOFF_MAX_MS 5000
+/* How long the server may stay unreachable after a drop before the command gives up. */
+#define GIVE_UP_MS 30000
+/* A connection that lasted this long was healthy: the next outage backs off afresh. */
+#define HEALTHY_MS 5000
+/* Event ids are small integers; anything longer is not tracked (and never sent back
+ * in a header). */
+#define ID_MAX 64
+/* An event's data beyond this is a broken server, not an event. */
+#define DATA_MAX (16u << 20)
+
+static const char usage_text[] =
+    "usage: charter events [--after N] [--types T[,T...]] [--limit N | --once]\n"
+    "                      [--url URL] [--key-file FILE] [--json]\n"
+    "\n"
+    "Follows the tenant's event stream (GET /v1/events) and prints one line per event:\n"
+    "ID TYPE summary on a terminal, the event's JSON data otherwise (or with --json).\n"
+    "Reconnects with Last-Event-ID when the connection drops; exits 2 once the server\n"
+    "has been unreachable for 30 s (at once if the first connection fails).\n"
+    "\n"
+    "  --after N        start after event id N (0: every stored event); default: new\n"
+    "                   events only\n"
+    "  --types LIST     only these types, comma-separated; 'mandate.*' matches a prefix\n"
+    "  --limit N        exit 0 after printing N events\n"
+    "  --once           exit 0 after printing one event (--limit 1)\n"
+    "  --url URL        server base URL (default: $CHARTER_URL, else http://127.0.0.1:7433)\n"
+    "  --key-file FILE  read the API key from the first line of FILE (default: $CHARTER_KEY)\n"
+    "  --json           print each event's data as one line of JSON\n";
+
+typedef struct follower {
+    /* settings */
+    ch__out_mode mode;
+    char **types;    /* NULL-ended, or NULL for every type */
+    long long limit; /* 0: no limit */
+    /* the line being read */
+    char *line;
+    size_t len, cap;
+    bool after_cr; /* the previous byte ended a line with '\r': skip a '\n' */
+    /* the event being read */
+    char *data;
+    size_t dlen, dcap;
+    bool has_data;
+    char id[ID_MAX];
+    char type[128];
+    /* across connections */
+    char last_id[ID_MAX]; /* "" until an event with an id has been seen */
+    long long printed;
+    bool done;         /* the limit has been reached */
+    bool write_failed; /* stdout is gone */
+    bool oversized;    /* the server sent an event beyond DATA_MAX */
+} follower;
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("charter: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\n\n", stderr);
+    fputs(usage_text, stderr);
+    return CH__EXIT_USAGE;
+}
+
+static void append(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
+{
+    if (*cap - *len < n + 1) {
+        size_t c = *cap ? *cap : 256;
+
+        while (c - *len < n + 1)
+            c *= 2;
+        *buf = ch__xrealloc(*buf, c);
+        *cap = c;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+}
+
+/* True when type passes --types. */
+static bool wanted(const follower *f, const char *type)
+{
+    if (f->types == NULL)
+        return true;
+    for (char **t = f->types; *t != NULL; t++) {
+        size_t n = strlen(*t);
+
+        if (strcmp(*t, "*") == 0 || strcmp(*t, type) == 0)
+            return true;
+        /* "mandate.*" matches "mandate.revoked" */
+        if (n >= 2 && strcmp(*t + n - 2, ".*") == 0 && strncmp(*t, type, n - 1) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* An id is remembered for Last-Event-ID only when it is short printable ASCII. */
+static bool id_usable(const char *id)
+{
+    size_t n = strlen(id);
+
+    if (n == 0 || n >= ID_MAX)
+        return false;
+    for (const char *p = id; *p; p++) {
+        if (*p < 0x21 || *p > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+static void reset_event(follower *f)
+{
+    f->dlen = 0;
+    if (f->data != NULL)
+        f->data[0] = '\0';
+    f->has_data = false;
+    f->id[0] = '\0';
+    f->type[0] = '\0';
+}
+
+/* A blank line: the event read so far is complete. */
+static void dispatch(follower *f)
+{
+    json_t *data;
+    const char *type;
+    const char *id;
+    char numeric_id[32];
+
+    if (!f->has_data) {
+        reset_event(f);
+        return;
+    }
+    if (f->dlen > 0 && f->data[f->dlen - 1] == '\n')
+        f->data[--f->dlen] = '\0';
+    if (id_usable(f->id))
+        snprintf(f->last_id, sizeof f->last_id, "%s", f->id);
+
+    data = json_loadb(f->data, f->dlen, 0, NULL);
+    type = f->type[0] != '\0' ? f->type : json_string_value(json_object_get(data, "type"));
+    if (type == NULL)
+        type = "message";
+    id = f->id;
+    if (*id == '\0' && json_is_integer(json_object_get(data, "id"))) {
+        snprintf(numeric_id, sizeof numeric_id, "%" JSON_INTEGER_FORMAT,
+                 json_integer_value(json_object_get(data, "id")));
+        id = numeric_id;
+    }
+
+    if (wanted(f, type)) {
+        if (f->mode == CH__OUT_HUMAN) {
+            json_t *shown = data != NULL ? json_incref(data) : json_pack("{s:s}", "data", f->data);
+            char *line = ch__event_line(*id != '\0' ? id : "-", type, shown);
+
+            puts(line);
+            free(line);
+            json_decref(shown);
+        } else if (data != NULL) {
+            ch__print_json(data, CH__OUT_COMPACT);
+        } else {
+            /* Not JSON: shown as it came, on one line. */
+            char *line = ch__clip_text(f->data, 0);
+
+            puts(line);
+            free(line);
+        }
+        if (ch__flush_stdout() != CH__EXIT_OK)
+            f->write_failed = true;
+        f->printed++;
+        if (f->limit > 0 && f->printed >= f->limit)
+            f->done = true;
+    }
+    json_decref(data);
+    reset_event(f);
+}
+
+/* One complete line of the stream (without its end). */
+static void process_line(follower *f)
+{
+    const char *line = f->line != NULL ? f->line : "";
+    const char *colon, *value;
+    size_t name_len;
+
+    if (f->len == 0) {
+        dispatch(f);
+        return;
+    }
+    if (line[0] == ':')
+        return; /* a comment: the server's keep-alive */
+    colon = strchr(line, ':');
+    name_len = colon != NULL ? (size_t)(colon - line) : f->len;
+    value = colon != NULL ? colon + 1 : "";
+    if (*value == ' ')
+        value++;
+
+    if (name_len == 4 && strncmp(line, "data", 4) == 0) {
+        size_t n = strlen(value);
+
+        if (f->dlen + n + 1 > DATA_MAX) {
+            f->oversized = true;
+            return;
+        }
+        append(&f->data, &f->dlen, &f->dcap, value, n);
+        append(&f->data, &f->dlen, &f->dcap, "\n", 1);
+        f->has_data = true;
+    } else if (name_len == 5 && strncmp(line, "event", 5) == 0) {
+        snprintf(f->type, sizeof f->type, "%s", value);
+    } else if (name_len == 2 && strncmp(line, "id", 2) == 0) {
+        snprintf(f->id, sizeof f->id, "%s", value);
+    }
+    /* "retry" and unknown fields are ignored: the backoff is ours. */
+}
+
+/* The libcurl sink: splits the bytes into lines (LF, CRLF or CR). */
+static size_t on_bytes(const char *p, size_t n, void *udata)
+{
+    follower *f = udata;
+
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+
+        if (f->after_cr) {
+            f->after_cr = false;
+            if (c == '\n')
+                continue;
+        }
+        if (c == '\n' || c == '\r') {
+            f->after_cr = c == '\r';
+            process_line(f);
+            f->len = 0;
+            if (f->line != NULL)
+                f->line[0] = '\0';
+            if (f->done || f->write_failed || f->oversized)
+                return 0;
+            continue;
+        }
+        if (f->len >= DATA_MAX) {
+            f->oversized = true;
+            return 0;
+        }
+        append(&f->line, &f->len, &f->cap, &c, 1);
+    }
+    return n;
+}
+
+/* Forgets a partial line or event: after a reconnect the server starts afresh. */
+static void reset_stream(follower *f)
+{
+    f->len = 0;
+    f->after_cr = false;
+    reset_event(f);
+}
+
+static int64_t mono_ms(void)
+{
+    return (int64_t)(ch_mono_ns() / 1000000u);
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+/* Splits --types into a NULL-ended array; NULL when it names nothing. */
+static char **split_types(const char *list)
+{
+    char *copy = ch__xstrdup(list), *save = NULL, *tok;
+    char **out = NULL;
+    size_t n = 0;
+
+    for (tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        if (*tok == '\0')
+            continue;
+        out = ch__xrealloc(out, (n + 2) * sizeof *out);
+        out[n++] = ch__xstrdup(tok);
+        out[n] = NULL;
+    }
+    free(copy);
+    return out;
+}
+
+static int follow(follower *f, long long after, bool have_after)
+{
+    int64_t down_since = 0, connected_at, backoff = BACKOFF_FIRST_MS, wait, left;
+    bool ever_connected = false;
+    char why[CURL_ERROR_SIZE + 64];
+    long status;
+    int rc;
+
+    for (;;) {
+        char *path = ch__xstrdup("/v1/events");
+        char *header = NULL;
+        const char *headers[2] = {NULL, NULL};
+
+        /* Resume after the last event seen, else where the user asked to start. */
+        if (f->last_id[0] != '\0') {
+            char *esc = ch__client_escape(f->last_id);
+
+            free(path);
+            path = ch__xasprintf("/v1/events?after=%s", esc);
+            free(esc);
+            header = ch__xasprintf("Last-Event-ID: %s", f->last_id);
+            headers[0] = header;
+        } else if (have_after) {
+            free(path);
+            path = ch__xasprintf("/v1/events?after=%lld", after);
+        }
+        reset_stream(f);
+        connected_at = mono_ms();
+        rc = ch__client_stream(path, headers, on_bytes, f, &status, why, sizeof why);
+        free(path);
+        free(header);
+
+        if (f->write_failed)
+            return CH__EXIT_FAIL;
+        if (f->done)
+            return CH__EXIT_OK;
+        if (f->oversized) {
+            fprintf(stderr, "charter: unexpected reply from %s: an event over %u bytes\n",
+                    ch__client_base_url(), DATA_MAX);
+            return CH__EXIT_FAIL;
+        }
+        if (rc == CH__EXIT_FAIL)
+            return rc;
+        if (rc == CH__EXIT_OK) {
+            ever_connected = true;
+            down_since = mono_ms();
+            if (down_since - connected_at >= HEALTHY_MS)
+                backoff = BACKOFF_FIRST_MS;
+            fprintf(stderr, "charter: the event stream ended%s%s; reconnecting\n",
+                    why[0] != '\0' ? ": " : "", why);
+        } else {
+            if (!ever_connected) {
+                fprintf(stderr, "charter: cannot reach %s: %s\n", ch__client_base_url(), why);
+                return CH__EXIT_UNREACHABLE;
+            }
+            if (mono_ms() - down_since >= GIVE_UP_MS) {
+                fprintf(stderr, "charter: cannot reach %s: %s (gave up after %d s)\n",
+                        ch__client_base_url(), why, GIVE_UP_MS / 1000);
+                return CH__EXIT_UNREACHABLE;
+            }
+        }
+        /* Never wait past the deadline: the last attempt is made there. */
+        wait = backoff;
+        left = down_since + GIVE_UP_MS - mono_ms();
+        if (left < wait)
+            wait = left > 0 ? left : 0;
+        sleep_ms(wait);
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+}
+
+int ch__events_main(int argc, char **argv)
+{
+    enum { O_AFTER = 0x100, O_TYPES, O_LIMIT, O_ONCE, O_URL, O_KEY_FILE, O_JSON, O_HELP };
+    static const struct option longopts[] = {
+        {"after", required_argument, NULL, O_AFTER},
+        {"types", required_argument, NULL, O_TYPES},
+        {"limit", required_argument, NULL, O_LIMIT},
+        {"once", no_argument, NULL, O_ONCE},
+        {"url", required_argument, NULL, O_URL},
+        {"key-file", required_argument, NULL, O_KEY_FILE},
+        {"json", no_argument, NULL, O_JSON},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    const char *url = NULL, *key_file = NULL;
+    bool json_flag = false, have_after = false, once = false, have_limit = false;
+    long long after = 0;
+    follower f;
+    int opt, rc;
+
+    memset(&f, 0, sizeof f);
+    optind = 0;
+    opterr = 0;
+    for (;;) {
+        opt = getopt_long(argc, argv, ":h", longopts, NULL);
+        if (opt == -1)
+            break;
+        switch (opt) {
+        case O_AFTER:
+            if (!ch__parse_int(optarg, &after) || after < 0) {
+                rc = usage_error("--after: not an event id: '%s'", optarg);
+                goto done;
+            }
+            have_after = true;
+            break;
+        case O_TYPES:
+            for (char **t = f.types; t != NULL && *t != NULL; t++)
+                free(*t);
+            free(f.types);
+            f.types = split_types(optarg);
+            if (f.types == NULL) {
+                rc = usage_error("--types: no type named");
+                goto done;
+            }
+            break;
+        case O_LIMIT:
+            if (!ch__parse_int(optarg, &f.limit) || f.limit < 1) {
+                rc = usage_error("--limit: not a positive integer: '%s'", optarg);
+                goto done;
+            }
+            have_limit = true;
+            break;
+        case O_ONCE:
+            once = true;
+            break;
+        case O_URL:
+            url = optarg;
+            break;
+        case O_KEY_FILE:
+            key_file = optarg;
+            break;
+        case O_JSON:
+            json_flag = true;
+            break;
+        case 'h':
+        case O_HELP:
+            fputs(usage_text, stdout);
+            rc = ch__flush_stdout();
+            goto done;
+        case ':':
+            rc = usage_error("option '%s' needs a value", argv[optind - 1]);
+            goto done;
+        default:
+            rc = usage_error("unknown option '%s'", argv[optind - 1]);
+            goto done;
+        }
+    }
+    if (optind < argc) {
+        rc = usage_error("unexpected argument '%s'", argv[optind]);
+        goto done;
+    }
+    if (once && have_limit) {
+        rc = usage_error("--once and --limit exclude each other");
+        goto done;
+    }
+    if (once)
+        f.limit = 1;
+
+    f.mode = ch__out_mode_pick(json_flag);
+    rc = ch__client_init(url, key_file);
+    if (rc == CH__EXIT_OK)
+        rc = follow(&f, after, have_after);
+    ch__client_cleanup();
+
+done:
+    for (char **t = f.types; t != NULL && *t != NULL; t++)
+        free(*t);
+    free(f.types);
+    free(f.line);
+    free(f.data);
+    return rc;
+}
