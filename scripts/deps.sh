@@ -4,7 +4,7 @@
 # something is missing. Needs root (or sudo) only when it has something to install.
 set -eu
 
-PKGS="build-essential cmake pkg-config git ca-certificates curl python3 procps
+PKGS="build-essential cmake pkg-config git ca-certificates curl jq python3 procps
 libh2o-evloop-dev libuv1-dev libssl-dev zlib1g-dev libjansson-dev libsqlite3-dev
 sqlite3 libsodium-dev libyaml-dev libhiredis-dev libcurl4-openssl-dev libcmocka-dev
 nginx-light wrk redis-server redis-tools"
