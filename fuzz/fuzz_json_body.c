@@ -2,8 +2,9 @@
  * fuzz_json_body.c — request bodies as the HTTP adapter hands them to libcharter:
  * the bytes go through ch_json_parse_object and, when they make an object, through
  * the validation of every write (ch_call with each op) against one data dir per
- * process. The target session does not exist, so a body that passes validation fails
- * harmlessly with not_found in the writer (create succeeds and adds a session).
+ * process, and through the check. The target session or mandate does not exist, so a
+ * body that passes validation fails harmlessly with not_found in the writer (a create
+ * succeeds and adds a session or a mandate).
  *
  * Beyond "no crash, no leak" it checks what a client would see:
  * - every error carries a status the HTTP layer maps to a 4xx (never internal);
@@ -20,6 +21,7 @@
 #include "charter.h"
 
 #define MISSING_SESSION "sess_01ARZ3NDEKTSV4RRFFQ69G5FAV"
+#define MISSING_MANDATE "mdt_01ARZ3NDEKTSV4RRFFQ69G5FAV"
 #define MAX_KEY_COPY 512
 
 static ch_db *db;
@@ -100,6 +102,8 @@ static bool client_error(ch_status st)
     case CH_UNKNOWN_FIELD:
     case CH_INVALID_VALUE:
     case CH_RESERVED_KIND:
+    case CH_NOT_SUBSET:
+    case CH_NO_CHANGE:
         return true;
     default:
         return false;
@@ -111,21 +115,25 @@ static void run_op(ch_op op, json_t *body, char *key)
 {
     ch_req req = {.op = op, .body = body, .key = key};
     snprintf(req.tenant, sizeof(req.tenant), "fuzz");
-    snprintf(req.id, sizeof(req.id), "%s", MISSING_SESSION);
+    bool mandate = op >= CH_OP_MANDATE_CREATE;
+    bool create = op == CH_OP_SESSION_CREATE || op == CH_OP_MANDATE_CREATE;
+    snprintf(req.id, sizeof(req.id), "%s", mandate ? MISSING_MANDATE : MISSING_SESSION);
 
     ch_status st = ch_call(get_db(), &req);
     if (st != req.err.status)
         fail("ch_call's status differs from req.err", &req.err);
     check_err(&req.err);
     if (st == CH_OK) {
-        if (op != CH_OP_SESSION_CREATE)
-            fail("a write to a missing session succeeded", &req.err);
+        if (!create)
+            fail("a write to a missing session or mandate succeeded", &req.err);
         if (!json_is_object(req.result) || json_object_get(req.result, "id") == NULL)
-            fail("create succeeded without a session in the result", &req.err);
+            fail("create succeeded without an id in the result", &req.err);
     } else {
         if (req.result != NULL)
             fail("a failed write left a result", &req.err);
-        if (!client_error(st) && !(st == CH_NOT_FOUND && op != CH_OP_SESSION_CREATE))
+        /* A session may name a mandate that is not active. */
+        if (!client_error(st) && !(st == CH_NOT_FOUND && !create) &&
+            !(st == CH_MANDATE_INACTIVE && op == CH_OP_SESSION_CREATE))
             fail("unexpected status", &req.err);
     }
     ch_req_dispose(&req);
@@ -133,8 +141,11 @@ static void run_op(ch_op op, json_t *body, char *key)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const ch_op ops[] = {CH_OP_SESSION_CREATE, CH_OP_SESSION_APPEND, CH_OP_SESSION_COMPACT,
-                                CH_OP_FACT_PUT, CH_OP_SESSION_PAUSE};
+    static const ch_op ops[] = {CH_OP_SESSION_CREATE,  CH_OP_SESSION_APPEND,
+                                CH_OP_SESSION_COMPACT, CH_OP_FACT_PUT,
+                                CH_OP_SESSION_PAUSE,   CH_OP_MANDATE_CREATE,
+                                CH_OP_MANDATE_DELEGATE, CH_OP_MANDATE_PATCH,
+                                CH_OP_MANDATE_REVOKE};
     ch_err e;
     char key[MAX_KEY_COPY + 1];
 
@@ -162,6 +173,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
         run_op(ops[i], obj, (char *)"k");
+
+    /* The check answers every well-formed body with a decision, never an internal
+     * error; the artifact route too. */
+    json_t *reply = NULL;
+    ch_status st = ch_check_json(get_db(), "fuzz", obj, &reply, &e);
+    check_err(&e);
+    if (st == CH_OK ? !json_is_boolean(json_object_get(reply, "allow")) : !client_error(st))
+        fail("the check failed with an unexpected status", &e);
+    json_decref(reply);
+    reply = NULL;
+    ch_err_clear(&e);
+    st = ch_mandate_artifact(get_db(), "fuzz", MISSING_MANDATE, obj, &reply, &e);
+    check_err(&e);
+    if (st != CH_NOT_FOUND && !client_error(st))
+        fail("the artifact request failed with an unexpected status", &e);
+    json_decref(reply);
 
     /* The input bytes as a fact key too (key validation: length, UTF-8). */
     size_t n = size < MAX_KEY_COPY ? size : MAX_KEY_COPY;

@@ -98,8 +98,10 @@ ch_status ch_mandate_artifact(ch_db *db, const char *tenant, const char *id, con
     t = body ? json_object_get(body, "ttl") : NULL;
     if (t == NULL || json_is_null(t))
         return ch_err_set(e, CH_MISSING_FIELD, "ttl", "ttl is required");
-    if (json_is_integer(t))
-        ttl = json_integer_value(t) > 3600 ? 3600001 : json_integer_value(t) * 1000;
+    if (json_is_integer(t)) {
+        json_int_t secs = json_integer_value(t);
+        ttl = secs < 1 ? 0 : secs > 3600 ? 3600001 : secs * 1000;
+    }
     else if (!json_is_string(t))
         return ch_err_set(e, CH_INVALID_TYPE, "ttl", "ttl must be a duration string or seconds");
     else if (ch_duration_parse(json_string_value(t), &ttl) != CH_OK)
