@@ -208,8 +208,11 @@ CH_API void ch_buf_free(ch_buf *b);
 typedef struct ch_db ch_db;
 
 /* Opens (creating if needed) the data dir of cfg and starts the writer. With
- * start_sweeper false no retention sweep runs (offline admin commands). */
-CH_API ch_status ch_db_open(const ch_config *cfg, bool start_sweeper, ch_db **out, ch_err *e);
+ * background true it also runs the background work that changes state on its own:
+ * the retention sweep and the mandate expiry timer. Offline admin commands that open
+ * the data dir beside a running server (charter keys create) pass false, so that only
+ * the server acts on the clock. */
+CH_API ch_status ch_db_open(const ch_config *cfg, bool background, ch_db **out, ch_err *e);
 /* Drains queued writes (each is committed and completed), stops the threads, closes. */
 CH_API void ch_db_close(ch_db *db);
 /* Commit statistics for /metrics: batch sizes and commit (fsync) latency. The

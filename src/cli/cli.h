@@ -1,13 +1,15 @@
 /*
  * cli.h — what the files of the `charter` command line share: the command entry
- * points dispatched by main.c, the HTTP client every remote command goes through,
- * the output helpers (JSON, tables, key: value views) and a few small utilities.
+ * points dispatched by main.c, the option parser and verb dispatch every command is
+ * built on, the HTTP client every remote command goes through, the output helpers
+ * (JSON, tables, key: value views) and a few small utilities.
  */
 #ifndef CH_CLI_H
 #define CH_CLI_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include <jansson.h>
@@ -88,6 +90,9 @@ int ch__client_stream(const char *path, const char *const *extra_headers, ch__cl
 /* Percent-encodes s for a URL path segment or query value. Returns malloc'd memory
  * (free()). */
 char *ch__client_escape(const char *s);
+/* "<collection>/<id><suffix>" with id escaped: ch__client_path("/v1/sessions", id,
+ * "/events"). malloc'd (free()). */
+char *ch__client_path(const char *collection, const char *id, const char *suffix);
 
 /* ---------------------------------------------------------------------------------
  * Output (output.c).
@@ -154,6 +159,129 @@ void ch__view_check(const json_t *reply); /* {allow, reason, mandate, ...} */
 void ch__view_artifact_claims(const json_t *claims);
 /* One event of GET /v1/events as "ID  TYPE  summary" (no newline). malloc'd. */
 char *ch__event_line(const char *id, const char *type, const json_t *data);
+
+/* ---------------------------------------------------------------------------------
+ * Options and verbs (opts.c). Every command describes its options in one table of
+ * ch__opt_spec indexed by its own option enum, which starts with the four options
+ * below, and one parser reads argv against it: an option is checked, stored and
+ * refused the same way in every command. `session` and `mandate` also describe their
+ * verbs in a table and leave usage, dispatch and the client to ch__cmd_main().
+ * ------------------------------------------------------------------------------- */
+
+/* The head of every command's option enum; a command's own options start at
+ * CH__O_OWN. */
+enum {
+    CH__O_JSON,
+    CH__O_URL,
+    CH__O_KEY_FILE,
+    CH__O_HELP, /* also -h */
+    CH__O_OWN,
+};
+
+/* Option sets are bit masks over a command's option enum. */
+#define CH__OPTS_MAX 64
+#define CH__BIT(o) (UINT64_C(1) << (o))
+/* Taken before the verb and by every verb of a ch__cmd_main() command. */
+#define CH__COMMON_OPTS                                                                            \
+    (CH__BIT(CH__O_JSON) | CH__BIT(CH__O_URL) | CH__BIT(CH__O_KEY_FILE) | CH__BIT(CH__O_HELP))
+
+/* How an option's value is checked, and which member of ch__args keeps it. The
+ * checked strings end up in JSON documents, hence UTF-8. A later occurrence of an
+ * option replaces the earlier one, except for the repeatable LIST and LABEL. */
+typedef enum ch__opt_type {
+    CH__OPT_FLAG,     /* no value */
+    CH__OPT_STOP,     /* no value, and the scan ends there: a --help answered at once */
+    CH__OPT_RAW,      /* str, as given (a URL, a file name), for the command to check */
+    CH__OPT_STR,      /* str, valid UTF-8 */
+    CH__OPT_NONEMPTY, /* str, valid UTF-8 and not empty */
+    CH__OPT_INT,      /* num */
+    CH__OPT_REAL,     /* real */
+    CH__OPT_JSON,     /* json: any JSON text */
+    CH__OPT_LIST,     /* json: an array of every value given (UTF-8, not empty), in order */
+    CH__OPT_LABEL,    /* json: an object of every KEY=VALUE given */
+} ch__opt_type;
+
+typedef struct ch__args ch__args;
+typedef struct ch__verb ch__verb;
+typedef struct ch__cmd ch__cmd;
+
+typedef struct ch__opt_spec {
+    const char *name; /* the long option, without "--" */
+    ch__opt_type type;
+    /* A synonym fills the slots of this option instead of its own (0: its own); the
+     * two have the same type. */
+    int store_in;
+    /* NULL, or a further check of each occurrence once its value is stored in slot
+     * o. Returns an exit code (a refusal after ch__usage_error()), which ends the scan
+     * unless it is CH__EXIT_OK. */
+    int (*check)(ch__args *a, int o);
+} ch__opt_spec;
+
+/* What a command line said: the options by index into the command's table, then
+ * the positional arguments. */
+struct ch__args {
+    const ch__cmd *cmd;
+    const ch__verb *verb; /* NULL until the verb is known, and in commands without verbs */
+    bool set[CH__OPTS_MAX];
+    const char *str[CH__OPTS_MAX];
+    long long num[CH__OPTS_MAX];
+    double real[CH__OPTS_MAX];
+    json_t *json[CH__OPTS_MAX]; /* owned: ch__args_free() */
+    char **pos;                 /* positional arguments (within argv) */
+    int npos;
+    ch__out_mode mode; /* set by ch__cmd_main() before the verb runs */
+};
+
+struct ch__verb {
+    const char *name;
+    int (*run)(ch__args *a);
+    uint64_t opts; /* besides CH__COMMON_OPTS */
+    int min_pos, max_pos;
+    bool offline;         /* needs no server: --url and --key-file are ignored */
+    const char *synopsis; /* after "charter <command> " */
+};
+
+struct ch__cmd {
+    const char *name; /* "session", as in "usage: charter session ..." */
+    const ch__opt_spec *opts;
+    int nopts;             /* at most CH__OPTS_MAX */
+    const ch__verb *verbs; /* NULL: the command parses and dispatches itself */
+    size_t nverbs;
+    /* With verbs, the text printed after the verbs and the common options in the
+     * command's usage; without, the whole usage. */
+    const char *help;
+};
+
+/* Parses the options of argv (argv[0] is the command or verb name) that allowed lets
+ * through into a (a->cmd set, the rest zeroed or left by an earlier call). With
+ * stop_at_positional the scan ends at the first positional argument (the verb);
+ * otherwise options and positionals may be mixed (GNU getopt permutes them). Either
+ * way a->pos and a->npos are then the positionals. Returns an exit code; a refused
+ * option has been reported with ch__usage_error(). */
+int ch__opts_parse(ch__args *a, int argc, char **argv, uint64_t allowed, bool stop_at_positional);
+/* Releases the JSON values of a (not a itself). */
+void ch__args_free(ch__args *a);
+/* Prints the usage of a's verb, or of a's command when the verb is not known. */
+void ch__usage(FILE *f, const ch__args *a);
+/* Prints "charter: <message>" and the usage on stderr; returns CH__EXIT_USAGE. */
+int ch__usage_error(const ch__args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* `charter <cmd->name> [common options] <verb> [args]`: parses the command line
+ * against cmd, answers --help, checks the positional arguments, opens the client
+ * (unless the verb is offline) and runs the verb. Returns the exit code. */
+int ch__cmd_main(const ch__cmd *cmd, int argc, char **argv);
+
+/* Prints a successful reply in a's output mode (view for a terminal), releases it and
+ * returns the exit code; passes a failed request's rc through. */
+int ch__emit(const ch__args *a, int rc, json_t *reply, void (*view)(const json_t *));
+/* Sets obj[member] to the {tokens, cost_usd, tool_calls} of a budget or a usage from
+ * the options given (tokens and tool_calls CH__OPT_INT, cost CH__OPT_REAL); leaves
+ * obj alone when none was. */
+void ch__set_amounts(const ch__args *a, json_t *obj, const char *member, int tokens, int cost,
+                     int tool_calls);
+/* A lifecycle verb of a collection's object: POSTs {} or {"reason"} (reason may be
+ * NULL) to <collection>/<ID>/<verb name> and emits the reply with view. */
+int ch__post_lifecycle(const ch__args *a, const char *collection, const char *reason,
+                       void (*view)(const json_t *));
 
 /* ---------------------------------------------------------------------------------
  * Utilities (util.c). The x* allocators print "charter: out of memory" and exit 1

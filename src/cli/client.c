@@ -181,6 +181,15 @@ char *ch__client_escape(const char *s)
     return copy;
 }
 
+char *ch__client_path(const char *collection, const char *id, const char *suffix)
+{
+    char *esc = ch__client_escape(id);
+    char *path = ch__xasprintf("%s/%s%s", collection, esc, suffix);
+
+    free(esc);
+    return path;
+}
+
 static struct curl_slist *add_header(struct curl_slist *list, const char *line)
 {
     struct curl_slist *l = curl_slist_append(list, line);

@@ -8,8 +8,6 @@
  * repeated, backing off from 0.5 s to 5 s; it gives up (exit 2) once the server has
  * been unreachable for 30 s.
  */
-#include <getopt.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,21 +71,6 @@ typedef struct follower {
     bool write_failed; /* stdout is gone */
     bool oversized;    /* the server sent an event beyond DATA_MAX */
 } follower;
-
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int usage_error(const char *fmt, ...)
-{
-    va_list ap;
-
-    fputs("charter: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs("\n\n", stderr);
-    fputs(usage_text, stderr);
-    return CH__EXIT_USAGE;
-}
 
 static void append(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
 {
@@ -310,6 +293,13 @@ static char **split_types(const char *list)
     return out;
 }
 
+static void free_types(char **types)
+{
+    for (char **t = types; t != NULL && *t != NULL; t++)
+        free(*t);
+    free(types);
+}
+
 static int follow(follower *f, long long after, bool have_after)
 {
     int64_t down_since = 0, connected_at, backoff = BACKOFF_FIRST_MS, wait, left;
@@ -381,105 +371,88 @@ static int follow(follower *f, long long after, bool have_after)
     }
 }
 
+/* The options are checked as they come, so that of two bad ones the first is named. */
+static int check_after(ch__args *a, int o)
+{
+    if (!ch__parse_int(a->str[o], &a->num[o]) || a->num[o] < 0)
+        return ch__usage_error(a, "--after: not an event id: '%s'", a->str[o]);
+    return CH__EXIT_OK;
+}
+
+static int check_types(ch__args *a, int o)
+{
+    char **types = split_types(a->str[o]);
+
+    if (types == NULL)
+        return ch__usage_error(a, "--types: no type named");
+    free_types(types);
+    return CH__EXIT_OK;
+}
+
+static int check_limit(ch__args *a, int o)
+{
+    if (!ch__parse_int(a->str[o], &a->num[o]) || a->num[o] < 1)
+        return ch__usage_error(a, "--limit: not a positive integer: '%s'", a->str[o]);
+    return CH__EXIT_OK;
+}
+
+enum opt { O_AFTER = CH__O_OWN, O_TYPES, O_LIMIT, O_ONCE, O__COUNT };
+
+static const ch__opt_spec opts[O__COUNT] = {
+    [CH__O_JSON] = {"json", CH__OPT_FLAG},
+    [CH__O_URL] = {"url", CH__OPT_RAW},
+    [CH__O_KEY_FILE] = {"key-file", CH__OPT_RAW},
+    [CH__O_HELP] = {"help", CH__OPT_STOP},
+    [O_AFTER] = {"after", CH__OPT_RAW, .check = check_after},
+    [O_TYPES] = {"types", CH__OPT_RAW, .check = check_types},
+    [O_LIMIT] = {"limit", CH__OPT_RAW, .check = check_limit},
+    [O_ONCE] = {"once", CH__OPT_FLAG},
+};
+
+static const ch__cmd events_cmd = {
+    .name = "events",
+    .opts = opts,
+    .nopts = O__COUNT,
+    .help = usage_text,
+};
+
 int ch__events_main(int argc, char **argv)
 {
-    enum { O_AFTER = 0x100, O_TYPES, O_LIMIT, O_ONCE, O_URL, O_KEY_FILE, O_JSON, O_HELP };
-    static const struct option longopts[] = {
-        {"after", required_argument, NULL, O_AFTER},
-        {"types", required_argument, NULL, O_TYPES},
-        {"limit", required_argument, NULL, O_LIMIT},
-        {"once", no_argument, NULL, O_ONCE},
-        {"url", required_argument, NULL, O_URL},
-        {"key-file", required_argument, NULL, O_KEY_FILE},
-        {"json", no_argument, NULL, O_JSON},
-        {"help", no_argument, NULL, O_HELP},
-        {NULL, 0, NULL, 0},
-    };
-    const char *url = NULL, *key_file = NULL;
-    bool json_flag = false, have_after = false, once = false, have_limit = false;
-    long long after = 0;
+    ch__args a = {.cmd = &events_cmd};
     follower f;
-    int opt, rc;
+    int rc;
 
     memset(&f, 0, sizeof f);
-    optind = 0;
-    opterr = 0;
-    for (;;) {
-        opt = getopt_long(argc, argv, ":h", longopts, NULL);
-        if (opt == -1)
-            break;
-        switch (opt) {
-        case O_AFTER:
-            if (!ch__parse_int(optarg, &after) || after < 0) {
-                rc = usage_error("--after: not an event id: '%s'", optarg);
-                goto done;
-            }
-            have_after = true;
-            break;
-        case O_TYPES:
-            for (char **t = f.types; t != NULL && *t != NULL; t++)
-                free(*t);
-            free(f.types);
-            f.types = split_types(optarg);
-            if (f.types == NULL) {
-                rc = usage_error("--types: no type named");
-                goto done;
-            }
-            break;
-        case O_LIMIT:
-            if (!ch__parse_int(optarg, &f.limit) || f.limit < 1) {
-                rc = usage_error("--limit: not a positive integer: '%s'", optarg);
-                goto done;
-            }
-            have_limit = true;
-            break;
-        case O_ONCE:
-            once = true;
-            break;
-        case O_URL:
-            url = optarg;
-            break;
-        case O_KEY_FILE:
-            key_file = optarg;
-            break;
-        case O_JSON:
-            json_flag = true;
-            break;
-        case 'h':
-        case O_HELP:
-            fputs(usage_text, stdout);
-            rc = ch__flush_stdout();
-            goto done;
-        case ':':
-            rc = usage_error("option '%s' needs a value", argv[optind - 1]);
-            goto done;
-        default:
-            rc = usage_error("unknown option '%s'", argv[optind - 1]);
-            goto done;
-        }
-    }
-    if (optind < argc) {
-        rc = usage_error("unexpected argument '%s'", argv[optind]);
+    rc = ch__opts_parse(&a, argc, argv, CH__BIT(O__COUNT) - 1 /* all of them */, false);
+    if (rc != CH__EXIT_OK)
+        goto done;
+    if (a.set[CH__O_HELP]) {
+        ch__usage(stdout, &a);
+        rc = ch__flush_stdout();
         goto done;
     }
-    if (once && have_limit) {
-        rc = usage_error("--once and --limit exclude each other");
+    if (a.npos > 0) {
+        rc = ch__usage_error(&a, "unexpected argument '%s'", a.pos[0]);
         goto done;
     }
-    if (once)
-        f.limit = 1;
+    if (a.set[O_ONCE] && a.set[O_LIMIT]) {
+        rc = ch__usage_error(&a, "--once and --limit exclude each other");
+        goto done;
+    }
+    f.limit = a.set[O_ONCE] ? 1 : a.num[O_LIMIT];
+    if (a.set[O_TYPES])
+        f.types = split_types(a.str[O_TYPES]);
 
-    f.mode = ch__out_mode_pick(json_flag);
-    rc = ch__client_init(url, key_file);
+    f.mode = ch__out_mode_pick(a.set[CH__O_JSON]);
+    rc = ch__client_init(a.str[CH__O_URL], a.str[CH__O_KEY_FILE]);
     if (rc == CH__EXIT_OK)
-        rc = follow(&f, after, have_after);
+        rc = follow(&f, a.num[O_AFTER], a.set[O_AFTER]);
     ch__client_cleanup();
 
 done:
-    for (char **t = f.types; t != NULL && *t != NULL; t++)
-        free(*t);
-    free(f.types);
+    free_types(f.types);
     free(f.line);
     free(f.data);
+    ch__args_free(&a);
     return rc;
 }

@@ -6,7 +6,6 @@
  * `charter keys signing` fetches the server's public artifact-signing key (a JWK)
  * and prints it exactly as served, for `charter mandate verify-artifact`.
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,14 +32,34 @@ static const char usage_text[] =
     "  --url URL        server base URL (default: $CHARTER_URL, else http://127.0.0.1:7433)\n"
     "  --key-file FILE  read the API key from the first line of FILE (default: $CHARTER_KEY)\n";
 
-static int usage_error(const char *fmt, const char *arg)
-{
-    fputs("charter: ", stderr);
-    fprintf(stderr, fmt, arg);
-    fputs("\n\n", stderr);
-    fputs(usage_text, stderr);
-    return CH__EXIT_USAGE;
-}
+/* One option table for both verbs; each takes its own part of it. */
+enum opt { O_TENANT = CH__O_OWN, O_DATA_DIR, O_CONFIG, O__COUNT };
+
+static const ch__opt_spec opts[O__COUNT] = {
+    /* signing */
+    [CH__O_JSON] = {"json", CH__OPT_FLAG},
+    [CH__O_URL] = {"url", CH__OPT_RAW},
+    [CH__O_KEY_FILE] = {"key-file", CH__OPT_RAW},
+    /* both */
+    [CH__O_HELP] = {"help", CH__OPT_STOP},
+    /* create */
+    [O_TENANT] = {"tenant", CH__OPT_RAW},
+    [O_DATA_DIR] = {"data-dir", CH__OPT_RAW},
+    [O_CONFIG] = {"config", CH__OPT_RAW},
+};
+
+/* --json is accepted by `signing` for symmetry with the other commands: its output
+ * is JSON anyway. */
+#define SIGNING_OPTS CH__COMMON_OPTS
+#define CREATE_OPTS                                                                                \
+    (CH__BIT(O_TENANT) | CH__BIT(O_DATA_DIR) | CH__BIT(O_CONFIG) | CH__BIT(CH__O_HELP))
+
+static const ch__cmd keys_cmd = {
+    .name = "keys",
+    .opts = opts,
+    .nopts = O__COUNT,
+    .help = usage_text,
+};
 
 static int keys_create(const char *tenant, const char *data_dir, const char *config_file)
 {
@@ -83,47 +102,22 @@ fail:
  * lacks one), so the saved file is what the server published. */
 static int keys_signing(int argc, char **argv)
 {
-    /* --json is accepted for symmetry with the other commands: the output is JSON. */
-    static const struct option longopts[] = {
-        {"url", required_argument, NULL, 'u'},
-        {"key-file", required_argument, NULL, 'k'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *url = NULL, *key_file = NULL;
+    ch__args a = {.cmd = &keys_cmd};
     char *text = NULL;
     size_t len = 0;
-    int opt, rc;
+    int rc;
 
-    optind = 0;
-    opterr = 0;
-    for (;;) {
-        opt = getopt_long(argc, argv, ":h", longopts, NULL);
-        if (opt == -1)
-            break;
-        switch (opt) {
-        case 'u':
-            url = optarg;
-            break;
-        case 'k':
-            key_file = optarg;
-            break;
-        case 'j':
-            break;
-        case 'h':
-            fputs(usage_text, stdout);
-            return ch__flush_stdout();
-        case ':':
-            return usage_error("option '%s' needs a value", argv[optind - 1]);
-        default:
-            return usage_error("unknown option '%s'", argv[optind - 1]);
-        }
+    rc = ch__opts_parse(&a, argc, argv, SIGNING_OPTS, false);
+    if (rc != CH__EXIT_OK)
+        return rc;
+    if (a.set[CH__O_HELP]) {
+        ch__usage(stdout, &a);
+        return ch__flush_stdout();
     }
-    if (optind < argc)
-        return usage_error("unexpected argument '%s'", argv[optind]);
+    if (a.npos > 0)
+        return ch__usage_error(&a, "unexpected argument '%s'", a.pos[0]);
 
-    rc = ch__client_init(url, key_file);
+    rc = ch__client_init(a.str[CH__O_URL], a.str[CH__O_KEY_FILE]);
     if (rc == CH__EXIT_OK)
         rc = ch__client_get_text("/v1/keys/signing", &text, &len);
     ch__client_cleanup();
@@ -138,59 +132,32 @@ static int keys_signing(int argc, char **argv)
 
 int ch__keys_main(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"tenant", required_argument, NULL, 't'},
-        {"data-dir", required_argument, NULL, 'd'},
-        {"config", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *tenant = NULL, *data_dir = NULL, *config_file = NULL;
-    int opt;
+    ch__args a = {.cmd = &keys_cmd};
+    int rc;
 
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-        fputs(usage_text, argc < 2 ? stderr : stdout);
+        ch__usage(argc < 2 ? stderr : stdout, &a);
         return argc < 2 ? CH__EXIT_USAGE : CH__EXIT_OK;
     }
     if (strcmp(argv[1], "signing") == 0)
         return keys_signing(argc - 1, argv + 1);
     if (strcmp(argv[1], "create") != 0)
-        return usage_error("unknown verb '%s'", argv[1]);
+        return ch__usage_error(&a, "unknown verb '%s'", argv[1]);
 
-    argc--;
-    argv++;
-    optind = 0;
-    opterr = 0;
-    for (;;) {
-        opt = getopt_long(argc, argv, ":h", longopts, NULL);
-        if (opt == -1)
-            break;
-        switch (opt) {
-        case 't':
-            tenant = optarg;
-            break;
-        case 'd':
-            data_dir = optarg;
-            break;
-        case 'c':
-            config_file = optarg;
-            break;
-        case 'h':
-            fputs(usage_text, stdout);
-            return CH__EXIT_OK;
-        case ':':
-            return usage_error("option '%s' needs a value", argv[optind - 1]);
-        default:
-            return usage_error("unknown option '%s'", argv[optind - 1]);
-        }
+    rc = ch__opts_parse(&a, argc - 1, argv + 1, CREATE_OPTS, false);
+    if (rc != CH__EXIT_OK)
+        return rc;
+    if (a.set[CH__O_HELP]) {
+        ch__usage(stdout, &a);
+        return CH__EXIT_OK;
     }
-    if (optind < argc)
-        return usage_error("unexpected argument '%s'", argv[optind]);
-    if (tenant == NULL)
-        return usage_error("%s", "--tenant is required");
-    if (!ch_tenant_valid(tenant)) {
-        fprintf(stderr, "charter: invalid tenant '%s': use 1-64 of [a-z0-9_-]\n", tenant);
+    if (a.npos > 0)
+        return ch__usage_error(&a, "unexpected argument '%s'", a.pos[0]);
+    if (a.str[O_TENANT] == NULL)
+        return ch__usage_error(&a, "--tenant is required");
+    if (!ch_tenant_valid(a.str[O_TENANT])) {
+        fprintf(stderr, "charter: invalid tenant '%s': use 1-64 of [a-z0-9_-]\n", a.str[O_TENANT]);
         return CH__EXIT_FAIL;
     }
-    return keys_create(tenant, data_dir, config_file);
+    return keys_create(a.str[O_TENANT], a.str[O_DATA_DIR], a.str[O_CONFIG]);
 }

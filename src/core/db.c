@@ -440,7 +440,7 @@ static void *sweeper_main(void *arg)
     return NULL;
 }
 
-ch_status ch_db_open(const ch_config *cfg, bool start_sweeper, ch_db **out, ch_err *e)
+ch_status ch_db_open(const ch_config *cfg, bool background, ch_db **out, ch_err *e)
 {
     ch_db *db;
 
@@ -498,8 +498,9 @@ ch_status ch_db_open(const ch_config *cfg, bool start_sweeper, ch_db **out, ch_e
         pthread_join(db->syncer, NULL);
         goto fail;
     }
-    ch__registry_expiry_start(db->registry, db);
-    if (start_sweeper && cfg->retention.sweep_interval > 0) {
+    if (background)
+        ch__registry_expiry_start(db->registry, db);
+    if (background && cfg->retention.sweep_interval > 0) {
         if (pthread_create(&db->sweeper, NULL, sweeper_main, db) == 0)
             db->has_sweeper = true;
     }

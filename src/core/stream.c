@@ -2,7 +2,8 @@
  * stream.c — the event stream: mandate and session lifecycle events, written in the
  * same transaction as the change they describe, so their ids follow commit order and
  * a subscriber that resumes after id N misses nothing. Subscribers (the server's SSE
- * route) are told when new entries are durable (ch_db_on_stream) and read them here.
+ * route) are told when new entries are durable (ch_db_on_stream) and read them here;
+ * an entry is listed only once it is durable.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@ ch_status ch__stream_emit(ch_db *db, ch_store *w, const char *tenant, const char
 typedef struct list_ctx {
     json_t *events;
     int64_t last;
+    int64_t durable; /* the last durable id when the read began */
     bool nomem;
 } list_ctx;
 
@@ -34,6 +36,8 @@ static int add_event(void *arg, const ch_stream_row *r)
 {
     list_ctx *c = arg;
     char at[32];
+    if (r->id > c->durable)
+        return 1; /* committed, not yet fsynced: not shown until it is */
     json_t *ev = json_loadb(r->data, r->data_len, 0, NULL);
     if (!json_is_object(ev)) {
         json_decref(ev);
@@ -61,7 +65,9 @@ ch_status ch_stream_list(ch_db *db, const char *tenant, int64_t after, int limit
     ch_store *r = ch__reader_get(db, e);
     if (r == NULL)
         return e ? e->status : CH_IO;
-    list_ctx c = {json_array(), after, false};
+    /* Only durable events are listed: an id a reader has seen must exist after any
+     * crash, or a resume with Last-Event-ID could skip the event that reused it. */
+    list_ctx c = {json_array(), after, ch_stream_last(db), false};
     ch_status rc = c.events ? ch__db_store(db)->stream_list(r, tenant, after, limit, add_event, &c)
                             : CH_NOMEM;
     ch__reader_put(db, r);

@@ -77,6 +77,11 @@ void ch__audit_queue_free(ch__audit_queue *q)
     free(q);
 }
 
+uint64_t ch__audit_dropped(ch__audit_queue *q)
+{
+    return __atomic_load_n(&q->dropped, __ATOMIC_RELAXED);
+}
+
 static void count_decision(ch__audit_queue *q, const char *reason)
 {
     for (size_t i = 0; i < NREASONS; i++) {

@@ -305,8 +305,14 @@ static ch_status holds(const ch__mandate *m, int64_t now, ch_err *e)
     int eff = ch__mandate_effective(ch__mview(m), now);
     if (eff != CH__M_ACTIVE)
         return inactive(e, m, eff, eff == CH__M_PROPOSED ? "is not approved yet" : "is not active");
-    if (!ch__ancestors_hold(m, now, true))
-        return inactive(e, m, eff, "has an ancestor that is not active");
+    for (const ch__mandate *a = m->parent; a != NULL; a = a->parent) {
+        int aeff = ch__mandate_effective(ch__mview(a), now);
+        if (aeff != CH__M_ACTIVE) {
+            ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s has an ancestor, %s, that is %s",
+                       m->id, a->id, ch__mandate_state_name(aeff));
+            return with_state(e, CH_MANDATE_INACTIVE, aeff);
+        }
+    }
     return CH_OK;
 }
 

@@ -143,6 +143,8 @@ void ch__registry_expiry_stop(ch__registry *reg);
 typedef struct ch__audit_queue ch__audit_queue;
 ch__audit_queue *ch__audit_queue_new(void);
 void ch__audit_queue_free(ch__audit_queue *q);
+/* Decisions dropped from the audit log because the queue was full. */
+uint64_t ch__audit_dropped(ch__audit_queue *q);
 /* The writer's op that writes the queued decisions. */
 extern const ch__op_def ch__audit_flush_op;
 /* Appends one audit record of a mandate change inside the current transaction. */
