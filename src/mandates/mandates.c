@@ -625,10 +625,10 @@ static ch_status set_state(ch_db *db, ch_store *w, ch__mandate *m, int to, const
     if (st == NULL)
         return CH_NOMEM;
     st->state = to;
-    if (reason != NULL || to == CH__M_ACTIVE) {
+    /* `reason` stays the one given to the last suspend or revoke (or "expired"). */
+    if (reason != NULL) {
         free(st->reason);
-        st->reason = dup_opt(reason);
-        if (reason != NULL && st->reason == NULL)
+        if ((st->reason = strdup(reason)) == NULL)
             return CH_NOMEM;
     }
     st->updated_at = now;

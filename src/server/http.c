@@ -420,7 +420,7 @@ static void get_list(call *c, const char *tenant)
 {
     query q = {.names = {"user", "state", "mandate", "limit", "cursor"}};
     ch_err e;
-    int64_t limit;
+    int64_t limit = 0;
     json_t *out = NULL;
     ch_err_clear(&e);
     if (parse_query(c, &q, &e) != CH_OK || query_int(&q, 3, 50, &limit, &e) != CH_OK) {
@@ -437,7 +437,7 @@ static void get_events(call *c, const char *tenant, const char *id)
 {
     query q = {.names = {"after", "limit", "include"}};
     ch_err e;
-    int64_t after, limit;
+    int64_t after = 0, limit = 0;
     json_t *out = NULL;
     ch_err_clear(&e);
     if (parse_query(c, &q, &e) != CH_OK || query_int(&q, 0, 0, &after, &e) != CH_OK ||
@@ -460,7 +460,7 @@ static void get_bundle(call *c, const char *tenant, const char *id)
 {
     query q = {.names = {"limit"}};
     ch_err e;
-    int64_t limit;
+    int64_t limit = 0;
     json_t *out = NULL;
     ch_err_clear(&e);
     if (parse_query(c, &q, &e) != CH_OK || query_int(&q, 0, 1000, &limit, &e) != CH_OK) {
@@ -835,7 +835,7 @@ static void handle_audit(call *c, const char *tenant)
 {
     query q = {.names = {"mandate", "after", "limit"}};
     ch_err e;
-    int64_t after, limit;
+    int64_t after = 0, limit = 0;
     json_t *out = NULL;
     c->route = CH_ROUTE_AUDIT;
     ch_err_clear(&e);

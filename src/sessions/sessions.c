@@ -341,6 +341,11 @@ static ch_status append_exec(ch_db *db, ch_store *w, ch_req *req)
 
     if (st != CH_OK)
         goto out;
+    /* An inert session whose mandate does not hold is refused for that reason first:
+     * it says what must change (the mandate), not only what the session is. */
+    if (s.state == CH_SESSION_INERT &&
+        (st = ch__session_may_continue(db, w, &s, &req->err)) != CH_OK)
+        goto out;
     if (s.state != CH_SESSION_OPEN && s.state != CH_SESSION_ACTIVE) {
         st = not_in_state(req, &s, "append to");
         goto out;

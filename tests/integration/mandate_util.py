@@ -33,7 +33,12 @@ CHECK_FIELDS = {"allow", "reason", "mandate", "mandate_version", "decision_id", 
 AUDIT_FIELDS = {"id", "at", "kind", "mandate", "lineage", "actor", "session", "action",
                 "allow", "reason", "mandate_version", "decision_id"}
 SCOPE_KINDS = ("tools", "lanes", "resources", "classes")
-CLASSES = ["external", "irreversible", "read", "write"]
+CLASSES = ["read", "write", "external", "irreversible"]   # the order classes are returned in
+
+
+def class_order(classes):
+    """classes as the API returns them: in the order of CLASSES (docs/api.md)."""
+    return [c for c in CLASSES if c in classes]
 
 WIDE_SCOPE = {"tools": ["git", "make", "shell"], "lanes": ["docs", "repo"],
               "resources": ["doc:readme", "repo:web/*"], "classes": list(CLASSES)}
@@ -127,12 +132,11 @@ def create_mandate(srv, key=DEFAULT, raw_body=None, **kw):
     return r.json
 
 
-def child_body(parent, **kw):
-    """A delegation body that satisfies every rule against parent (a mandate object)."""
+def child_body(parent, /, **kw):
+    """A delegation body that satisfies every rule against parent (a mandate object):
+    another actor, the parent's scope and deadline."""
     body = {"actor": "child_of_" + (parent["actor"] or "none")[:200], "purpose": "sub task",
-            "scope": {"tools": parent["scope"]["tools"][:1], "lanes": parent["scope"]["lanes"][:1],
-                      "resources": parent["scope"]["resources"][:1],
-                      "classes": parent["scope"]["classes"][:1]},
+            "scope": {k: list(v) for k, v in parent["scope"].items()},
             "expires_at": parent["expires_at"]}
     for k, v in kw.items():
         if v is DROP:
@@ -252,6 +256,7 @@ class SSE:
         self.text = b""
         self.eof = False
         self.comments = []
+        self.retry = None
         deadline = time.monotonic() + timeout
         while b"\r\n\r\n" not in self.raw:
             if not self._recv(deadline):
@@ -333,6 +338,8 @@ class SSE:
                 data.append(v)
             elif k in ("id", "event"):
                 ev[k] = v
+            elif k == "retry":
+                self.retry = v
         if not data and ev["id"] is None and ev["event"] is None:
             return False  # comment-only block
         raw = "\n".join(data)
