@@ -13,6 +13,13 @@ Talks to a running `charter serve` over keep-alive HTTP (stdlib http.client only
       session id to OUTFILE. Several sizes can be filled in parallel by starting one
       process per size.
 
+  helper.py check-mandate PORT KEYFILE OUTFILE
+      Creates the mandate tree of the check benchmark: a root (actor "lead",
+      max_depth 2) with a child ("planner") and a grandchild ("coder") at depth 2,
+      each with CHECK_SCOPE (10 tools, 4 lanes, 10 resource patterns, classes
+      read/write/external); checks that the grandchild allows the benchmark's
+      action and writes its id to OUTFILE.
+
   helper.py free-port
       Prints a TCP port on 127.0.0.1 that is free right now.
 
@@ -28,6 +35,16 @@ BATCH = 1000
 TAIL = 50
 FACTS = 10
 CONTENT = "hello world, this is one user message appended by the benchmark"
+# The scope of the check benchmark's mandates (the same as bench/bench_check.c's).
+CHECK_SCOPE = {
+    "tools": ["git", "shell", "browser", "python", "node", "psql", "kubectl", "docker",
+              "curl", "grep"],
+    "lanes": ["repo", "web", "db", "ci"],
+    "resources": ["repo:web/*", "repo:api/*", "repo:infra/README.md", "db:analytics/*",
+                  "db:users", "docs:handbook/*", "ci:pipeline/web", "ci:pipeline/api",
+                  "web:https://example.com/*", "repo:shared/lib/*"],
+    "classes": ["read", "write", "external"],
+}
 
 
 class Client:
@@ -98,6 +115,32 @@ def cmd_bundle_session(port, keyfile, events, outfile):
           file=sys.stderr)
 
 
+def expires_in(seconds):
+    t = time.gmtime(time.time() + seconds)
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", t)
+
+
+def cmd_check_mandate(port, keyfile, outfile):
+    client = Client(int(port), keyfile)
+    exp = expires_in(24 * 3600)
+    root = client.call("POST", "/v1/mandates",
+                       {"approver": "alice", "purpose": "ship passkey login", "actor": "lead",
+                        "expires_at": exp, "max_depth": 2, "scope": CHECK_SCOPE}, want=201)
+    mid = root["id"]
+    for actor in ("planner", "coder"):
+        mid = client.call("POST", f"/v1/mandates/{mid}/delegate",
+                          {"actor": actor, "purpose": f"{actor}'s part of the login work",
+                           "expires_at": exp, "scope": CHECK_SCOPE}, want=201)["id"]
+    got = client.call("POST", "/v1/check",
+                      {"mandate": mid, "actor": "coder",
+                       "action": {"tool": "git", "lane": "repo", "resource": "repo:web/src/a.ts",
+                                  "class": "write"}})
+    if got.get("allow") is not True:
+        sys.exit(f"helper: check on {mid} does not allow: {got!r}")
+    with open(outfile, "w", encoding="utf-8") as f:
+        f.write(mid + "\n")
+
+
 def cmd_free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,6 +149,7 @@ def cmd_free_port():
 
 def main(argv):
     cmds = {"sessions": (cmd_sessions, 4), "bundle-session": (cmd_bundle_session, 4),
+            "check-mandate": (cmd_check_mandate, 3),
             "free-port": (cmd_free_port, 0)}
     if len(argv) < 2 or argv[1] not in cmds or len(argv) - 2 != cmds[argv[1]][1]:
         sys.exit(__doc__)

@@ -14,6 +14,11 @@
 #   BENCH_BUNDLE_DURATION  seconds per bundle latency run (default 5)
 #   BENCH_BUNDLE_SIZES     session sizes for the bundle benchmark
 #                          (default "10000 100000 1000000")
+#   BENCH_CHECK_CALLS      in-process ch_check calls (default 1000000)
+#   BENCH_CASCADE_TREES    10,000-descendant trees revoked, without sessions (default 5)
+#   BENCH_CASCADE_SESSION_TREES  the same with a session bound to every leaf
+#                          (default 3; 0 skips that row)
+#   BENCH_SSE_REVOKES      revokes timed to the event stream (default 200)
 #   BENCH_KEEP=1           keep the temp dir (data dirs, logs, wrk output)
 set -eu
 set -o pipefail
@@ -29,6 +34,17 @@ for v in "${BENCH_DURATION:-10}" "${BENCH_BUNDLE_DURATION:-5}"; do
 	'' | *[!0-9]* | 0) echo "bench: durations are whole seconds >= 1, not '$v'" >&2 && exit 2 ;;
 	esac
 done
+for v in "${BENCH_CHECK_CALLS:-1000000}" "${BENCH_CASCADE_TREES:-5}" "${BENCH_SSE_REVOKES:-200}"; do
+	case $v in
+	'' | *[!0-9]* | 0) echo "bench: counts are whole numbers >= 1, not '$v'" >&2 && exit 2 ;;
+	esac
+done
+case ${BENCH_CASCADE_SESSION_TREES:-3} in
+'' | *[!0-9]*)
+	echo "bench: BENCH_CASCADE_SESSION_TREES is a whole number >= 0, not" \
+		"'$BENCH_CASCADE_SESSION_TREES'" >&2 && exit 2
+	;;
+esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
 BUILD=$(cd "$1" && pwd)
@@ -37,12 +53,19 @@ DURATION=${BENCH_DURATION:-10}
 BUNDLE_DURATION=${BENCH_BUNDLE_DURATION:-5}
 BUNDLE_SIZES=${BENCH_BUNDLE_SIZES:-"10000 100000 1000000"}
 KEEP=${BENCH_KEEP:-0}
+CHECK_CALLS=${BENCH_CHECK_CALLS:-1000000}
+CASCADE_TREES=${BENCH_CASCADE_TREES:-5}
+CASCADE_SESSION_TREES=${BENCH_CASCADE_SESSION_TREES:-3}
+SSE_REVOKES=${BENCH_SSE_REVOKES:-200}
+CASCADE_DESCENDANTS=10000   # mandates below the revoked root
 SESSIONS=64   # sessions appended to, round-robin (and threads in the baseline)
 CONNS=64      # wrk connections for the throughput runs
 BATCH=100     # events per request in the batch benchmark
 
 CHARTER=$BUILD/charter
 BASELINE=$BUILD/bench/bench_sqlite_per_item
+BENCH_CHECK=$BUILD/bench/bench_check
+BENCH_ARTIFACT=$BUILD/bench/bench_artifact
 NGINX=${NGINX:-/usr/sbin/nginx}
 
 PIDS=()   # every process this script started, stopped by the trap
@@ -50,6 +73,7 @@ TMP=""
 FAILED=0
 ERRORS=()
 ROWS=()
+NOTES=()  # detail lines printed under the table
 LOAD_BEFORE="-"
 FOREIGN_CPU="-"
 
@@ -129,6 +153,8 @@ cleanup() {
 check_tools() {
 	[ -x "$CHARTER" ] || die "$CHARTER not found (build first: make build)"
 	[ -x "$BASELINE" ] || die "$BASELINE not found (build first: make build)"
+	[ -x "$BENCH_CHECK" ] || die "$BENCH_CHECK not found (build first: make build)"
+	[ -x "$BENCH_ARTIFACT" ] || die "$BENCH_ARTIFACT not found (build first: make build)"
 	[ -x "$NGINX" ] || die "$NGINX not found (scripts/deps.sh installs nginx-light)"
 	command -v wrk >/dev/null || die "wrk not found (scripts/deps.sh installs it)"
 	command -v curl >/dev/null || die "curl not found"
@@ -213,6 +239,13 @@ http {
             default_type application/json;
             return 200 '{"status":"ok"}';
         }
+        # The check ceiling: a fixed reply of the size and shape of charter's (178
+        # bytes) to any method, POST /v1/check included (nginx reads and discards the
+        # request body).
+        location = /v1/check {
+            default_type application/json;
+            return 200 '{"allow":true,"reason":"ok","mandate":"mdt_01M7YF2V19J5Q1ZJXCQEYD0V6M","mandate_version":1,"decision_id":"dec_01M7YF2V1TAWYB4GCQ0BQTYF1P","checked_at":"2026-11-21T07:10:42.746Z"}';
+        }
     }
 }
 EOF
@@ -253,6 +286,11 @@ run_wrk() {
 # field FILE NAME: a key=value field of the RESULT line (or of a baseline output line).
 field() {
 	sed -n "s/.*[ ]$2=\([^ ]*\).*/\1/p" "$1" | tail -n 1
+}
+
+# line_field FILE PREFIX NAME: a key=value field of FILE's last line starting with PREFIX.
+line_field() {
+	grep "^$2 " "$1" | sed -n "s/.*[ ]$3=\([^ ]*\).*/\1/p" | tail -n 1
 }
 
 # calc EXPR: floating-point arithmetic via awk, printed with the given format.
@@ -319,9 +357,10 @@ print_table() {
 	done
 	echo
 	echo "baselines: sqlite/item = bench_sqlite_per_item ($SESSIONS threads, one transaction" \
-		"per event, WAL, synchronous=FULL); nginx = nginx-light, 1 worker, return 200."
-	if [ -n "${BASELINE_NOTE:-}" ]; then
-		echo "$BASELINE_NOTE"
+		"per event, WAL, synchronous=FULL); nginx = nginx-light, 1 worker, return 200" \
+		"(a fixed reply for /v1/check); ed25519 = crypto_sign_verify_detached alone."
+	if [ ${#NOTES[@]} -gt 0 ]; then
+		printf "%s\n" "${NOTES[@]}"
 	fi
 	if [ ${#ERRORS[@]} -gt 0 ]; then
 		echo
@@ -342,7 +381,7 @@ bench_baseline() {
 	BASE_EPS=$(field "$out" events_per_sec)
 	BASE_P50=$(field "$out" p50_ms)
 	BASE_P99=$(field "$out" p99_ms)
-	BASELINE_NOTE="sqlite/item detail: $(grep '^events=' "$out")"
+	NOTES+=("sqlite/item detail: $(grep '^events=' "$out")")
 	rm -rf "$TMP/baseline"
 }
 
@@ -431,8 +470,150 @@ bench_healthz() {
 	HZ_RPS=$(calc "%.0f" "$(field "$out" requests) / $(field "$out" seconds)")
 }
 
+# --- 5. POST /v1/check over HTTP -----------------------------------------------------
+# bench_check_http PORT NAME: wrk POSTs check requests (bench/wrk_check.lua) against
+# the mandate in $TMP/check-mandate.id; sets CK_N (200s), CK_RPS, CK_P50, CK_P99 (ms)
+# and CK_ALLOW (% of the 200s that allowed).
+bench_check_http() {
+	local port=$1 name=$2 out=$TMP/wrk-check-$2.out other sockerr n200 secs
+	log "$name: POST /v1/check, -t2 -c$CONNS, ${DURATION}s"
+	run_wrk "$out" -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s \
+		-s "$BENCH/wrk_check.lua" "http://127.0.0.1:$port" -- \
+		"$TMP/check-mandate.id" "$CH_KEY"
+	n200=$(field "$out" status_200)
+	other=$(field "$out" other_status)
+	secs=$(field "$out" seconds)
+	if [ "$other" != 0 ]; then
+		problem "check on $name: $other responses were not 200 ($(field "$out" status_detail));" \
+			"first: $(sed -n 's/^FIRST_ERROR //p' "$out")"
+	fi
+	sockerr=$(field "$out" socket_errors)
+	if [ "$sockerr" != 0 ]; then
+		problem "check on $name: $sockerr socket errors (connect/read/write/timeout)"
+	fi
+	[ "$n200" -gt 0 ] || die "check on $name: no 200 responses at all; see $out"
+	CK_N=$n200
+	CK_RPS=$(calc "%.0f" "$n200 / $secs")
+	CK_P50=$(calc "%.2f" "$(field "$out" p50_us) / 1000")
+	CK_P99=$(calc "%.2f" "$(field "$out" p99_us) / 1000")
+	CK_ALLOW=$(calc "%.0f" "100 * $(field "$out" allowed) / $n200")
+}
+
+# thread_cpu PID OUT: "<thread name> <CPU ticks>" of each thread of PID into OUT.
+thread_cpu() {
+	local t
+	for t in /proc/"$1"/task/*; do
+		# The name is field 2 of stat, in parentheses; charter's have no spaces.
+		awk '{ print substr($2, 2, length($2) - 2), $14 + $15 }' "$t/stat" 2>/dev/null || true
+	done >"$2"
+}
+
+# metric PORT NAME: the value of an unlabelled metric of charter's /metrics.
+metric() {
+	{ curl -sf --max-time 5 "http://127.0.0.1:$1/metrics" || true; } |
+		awk -v n="$2" '$1 == n { print $2 }'
+}
+
+# bench_check_charter: bench_check_http on the running charter, with what its threads
+# and its writer did meanwhile (a note under the table).
+bench_check_charter() {
+	local c0 c1 d0 d1 cpu line
+	c0=$(metric "$CH_PORT" charter_commit_seconds_count)
+	d0=$(metric "$CH_PORT" charter_audit_dropped_total)
+	thread_cpu "$CH_PID" "$TMP/check-threads.before"
+	bench_check_http "$CH_PORT" "charter"
+	thread_cpu "$CH_PID" "$TMP/check-threads.after"
+	c1=$(metric "$CH_PORT" charter_commit_seconds_count)
+	d1=$(metric "$CH_PORT" charter_audit_dropped_total)
+	cpu=$(awk -v hz="$(getconf CLK_TCK)" 'NR == FNR { b[$1] = $2; next }
+		$2 - b[$1] > 0 { printf "%s%s %.2f", sep, $1, ($2 - b[$1]) / hz; sep = ", " }' \
+		"$TMP/check-threads.before" "$TMP/check-threads.after")
+	line="check over HTTP detail: checks=$CK_N seconds=$DURATION"
+	line+=" commits=$(calc "%.0f" "${c1:-0} - ${c0:-0}")"
+	line+=" audit_dropped=$(calc "%.0f" "${d1:-0} - ${d0:-0}")"
+	NOTES+=("$line; server cpu-s by thread: $cpu")
+	if [ -n "$d1" ] && [ "$d1" != "${d0:-0}" ]; then
+		problem "check on charter: the audit queue dropped $((d1 - ${d0:-0})) decisions"
+	fi
+}
+
+# --- 6. revoke -> event stream --------------------------------------------------------
+# bench_sse: bench/sse_latency.py on the running charter; sets SSE_P50 and SSE_P99 (ms).
+bench_sse() {
+	local out=$TMP/sse-latency.out
+	log "charter: revoke -> GET /v1/events latency, $SSE_REVOKES revokes"
+	if ! run_child "$out" python3 "$BENCH/sse_latency.py" "$CH_PORT" "$CH_KEY" "$SSE_REVOKES"; then
+		cat "$out" >&2
+		problem "sse latency: $(tail -n 1 "$out")"
+		SSE_P50=- SSE_P99=-
+		return 0
+	fi
+	SSE_P50=$(field "$out" p50_ms)
+	SSE_P99=$(field "$out" p99_ms)
+	NOTES+=("sse detail: $(grep '^sse_revoke' "$out")")
+}
+
+# --- 7-9. in process: the check, the cascade, artifact verification --------------------
+# run_inproc NAME CMD...: runs one in-process benchmark; its output in $TMP/NAME.out.
+run_inproc() {
+	local name=$1 out=$TMP/$1.out
+	shift
+	if ! run_child "$out" "$@"; then
+		cat "$out" >&2
+		die "$name failed: $*"
+	fi
+}
+
+bench_inproc() {
+	local out line median max bound
+	log "in process: $(thousands "$CHECK_CALLS") ch_check calls on a depth-2 mandate"
+	run_inproc check "$BENCH_CHECK" -m check -n "$CHECK_CALLS" -D "$TMP"
+	out=$TMP/check.out
+	line=$(grep '^check ' "$out")
+	row "check in process, median / p99 ns" \
+		"$(thousands "$(field "$out" median_ns)") / $(thousands "$(field "$out" p99_ns)")" "-" "-" \
+		"median <= 1,000 ns" "$(met "$(field "$out" median_ns)" "<=" 1000)"
+	NOTES+=("check detail: $line")
+	case $(field "$out" audit_dropped) in
+	0 | unknown) ;;
+	*) problem "check in process: the audit queue dropped $(field "$out" audit_dropped) decisions" ;;
+	esac
+
+	log "in process: revoke of a $(thousands "$CASCADE_DESCENDANTS")-descendant tree," \
+		"$CASCADE_TREES trees, no sessions"
+	run_inproc cascade "$BENCH_CHECK" -m cascade -t "$CASCADE_TREES" \
+		-d "$CASCADE_DESCENDANTS" -D "$TMP"
+	out=$TMP/cascade.out
+	median=$(field "$out" median_ms)
+	max=$(field "$out" max_ms)
+	row "revoke $(thousands "$CASCADE_DESCENDANTS")-descendant tree, med/max ms" \
+		"$median / $max" "-" "-" "median <= 20 ms" "$(met "$median" "<=" 20)"
+	NOTES+=("cascade detail: $(grep '^cascade ' "$out")")
+
+	if [ "$CASCADE_SESSION_TREES" -gt 0 ]; then
+		log "in process: the same with a session bound to every leaf, $CASCADE_SESSION_TREES trees"
+		run_inproc cascade-sessions "$BENCH_CHECK" -m cascade -s -t "$CASCADE_SESSION_TREES" \
+			-d "$CASCADE_DESCENDANTS" -D "$TMP"
+		out=$TMP/cascade-sessions.out
+		bound=$(field "$out" sessions)
+		row "  + $(thousands "$bound") sessions bound, med/max ms" \
+			"$(field "$out" median_ms) / $(field "$out" max_ms)" "-" "-" "-" ""
+		NOTES+=("cascade detail: $(grep '^cascade ' "$out")")
+	fi
+
+	log "in process: offline artifact verification"
+	run_inproc artifact "$BENCH_ARTIFACT" -n 20000
+	out=$TMP/artifact.out
+	median=$(line_field "$out" artifact_verify median_us)
+	row "artifact verify offline, median us" "$median" \
+		"$(line_field "$out" ed25519_verify median_us)" "-" "<= 50 us" "$(met "$median" "<=" 50)"
+	while IFS= read -r line; do
+		NOTES+=("artifact detail: $line")
+	done <"$out"
+}
+
 main() {
-	local ratio ch_rps ng_rps
+	local ratio ch_rps ng_rps ch_ck_rps ch_ck_p50 ch_ck_p99 allow
 	check_tools
 	mkdir -p "$ROOT/.bench"
 	TMP=$(mktemp -d "$ROOT/.bench/run.XXXXXX")
@@ -474,16 +655,37 @@ main() {
 	bench_healthz "$CH_PORT" "charter"
 	check_alive "$CH_PID" "charter" "$CH_LOG"
 	ch_rps=$HZ_RPS
+	# On the idle server first: the revoke -> event stream latency.
+	bench_sse
+	check_alive "$CH_PID" "charter" "$CH_LOG"
+	python3 "$BENCH/helper.py" check-mandate "$CH_PORT" "$CH_KEY" "$TMP/check-mandate.id"
+	bench_check_charter
+	check_alive "$CH_PID" "charter" "$CH_LOG"
+	ch_ck_rps=$CK_RPS ch_ck_p50=$CK_P50 ch_ck_p99=$CK_P99 allow=$CK_ALLOW
 	stop_server "$CH_PID" "charter" "$CH_LOG"
 
 	start_nginx
 	bench_healthz "$NGINX_PORT" "nginx"
 	ng_rps=$HZ_RPS
+	bench_check_http "$NGINX_PORT" "nginx"
 	stop_server "$NGINX_PID" "nginx" "$TMP/nginx/error.log"
 
 	ratio=$(calc "%.4f" "$ch_rps / $ng_rps")
 	row "GET /healthz req/s (--threads 1 vs nginx)" "$(thousands "$ch_rps")" \
 		"$(thousands "$ng_rps")" "$(calc "%.2f" "$ratio")x" ">= 0.8x" "$(met "$ratio" ">=" 0.8)"
+	ratio=$(calc "%.4f" "$ch_ck_rps / $CK_RPS")
+	row "POST /v1/check checks/s (vs nginx)" "$(thousands "$ch_ck_rps")" \
+		"$(thousands "$CK_RPS")" "$(calc "%.2f" "$ratio")x" ">= 90,000; >= 0.7x" \
+		"$(met "$ch_ck_rps" ">=" 90000)/$(met "$ratio" ">=" 0.7)"
+	row "POST /v1/check p50 / p99 ms ($allow% allow)" "$ch_ck_p50 / $ch_ck_p99" \
+		"$CK_P50 / $CK_P99" "-" "p99 <= 2 ms" "$(met "$ch_ck_p99" "<=" 2)"
+	if [ "$SSE_P99" != - ]; then
+		row "revoke -> SSE event p50 / p99 ms" "$SSE_P50 / $SSE_P99" "-" "-" "p99 <= 10 ms" \
+			"$(met "$SSE_P99" "<=" 10)"
+	fi
+
+	# In process, with no server running.
+	bench_inproc
 
 	cpu_snapshot "$TMP/cpu.after"
 	FOREIGN_CPU=$(foreign_cpu "$TMP/cpu.before" "$TMP/cpu.after" $((SECONDS - START)))
