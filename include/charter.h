@@ -363,6 +363,10 @@ CH_API void ch_check(ch_db *db, const char *tenant, const char *mandate, const c
  * object. Fails only on a malformed body. */
 CH_API ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_t **out,
                                ch_err *e);
+/* The same, with the reply appended to out as JSON text (the server's path: it builds
+ * no JSON tree for the reply). */
+CH_API ch_status ch_check_text(ch_db *db, const char *tenant, const json_t *body, ch_buf *out,
+                               ch_err *e);
 
 /* {records:[...], next_after}: audit records of tenant, of mandate's subtree when
  * mandate is not NULL; limit 1..1000. */

@@ -476,7 +476,7 @@ ch_status ch_db_open(const ch_config *cfg, bool background, ch_db **out, ch_err 
     if (ch__signer_open(cfg->data_dir, &db->signer, e) != CH_OK ||
         ch__registry_open(db, db->w, &db->registry, e) != CH_OK)
         goto fail;
-    if ((db->audit = ch__audit_queue_new()) == NULL) {
+    if ((db->audit = ch__audit_queue_new(db)) == NULL) {
         ch_err_set(e, CH_NOMEM, NULL, NULL);
         goto fail;
     }
@@ -498,6 +498,7 @@ ch_status ch_db_open(const ch_config *cfg, bool background, ch_db **out, ch_err 
         pthread_join(db->syncer, NULL);
         goto fail;
     }
+    ch__audit_queue_start(db->audit);
     if (background)
         ch__registry_expiry_start(db->registry, db);
     if (background && cfg->retention.sweep_interval > 0) {
@@ -529,6 +530,7 @@ void ch_db_close(ch_db *db)
     }
     /* No more expiries; queued check decisions are written before the writer stops. */
     ch__registry_expiry_stop(db->registry);
+    ch__audit_queue_stop(db->audit);
     ch_req flush = {.op = CH_OP_AUDIT_FLUSH};
     ch_call(db, &flush);
     ch_req_dispose(&flush);

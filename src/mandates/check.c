@@ -3,18 +3,22 @@
  * audit trail of its decisions.
  *
  * A check reads only memory: the registry's published records under its read lock.
- * Its decision is queued for the audit log and written by the writer in batches (an
- * AUDIT_FLUSH request is queued whenever the queue goes from empty to non-empty), so
- * a check never waits for storage. Mandate changes are audited by the writer inside
- * the change's own transaction (ch__audit_write).
+ * Its decision is queued for the audit log, and the audit flusher (thread ch-audit)
+ * hands what has queued up to the writer as one AUDIT_FLUSH request at most every
+ * AUDIT_FLUSH_MS, or sooner once AUDIT_BATCH decisions wait: a check never waits for
+ * storage, and thousands of decisions share one commit. Mandate changes are audited by
+ * the writer inside the change's own transaction (ch__audit_write).
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/signing.h"
 #include "mandates/mandates.h"
 
 #define AUDIT_QUEUE_MAX 1000000 /* decisions waiting for the writer */
+#define AUDIT_BATCH 8192        /* a flush starts at once beyond this many */
+#define AUDIT_FLUSH_MS 5        /* otherwise decisions wait at most this long */
 
 typedef struct aitem {
     struct aitem *next;
@@ -50,30 +54,91 @@ static const char *const all_reasons[] = {
 
 struct ch__audit_queue {
     pthread_mutex_t mu;
-    aitem *head; /* newest first */
+    pthread_cond_t cv; /* wakes the flusher */
+    aitem *head;       /* newest first */
     size_t n;
-    bool flush_queued;
+    bool stop, running;
+    pthread_t flusher;
+    ch_db *db;
     uint64_t dropped;
     uint64_t decisions[NREASONS]; /* atomic */
 };
 
-ch__audit_queue *ch__audit_queue_new(void)
+/* The audit flusher: waits for decisions, lets them gather for up to AUDIT_FLUSH_MS
+ * (or until AUDIT_BATCH), then has the writer store them all and waits for that. */
+static void *flusher_main(void *arg)
+{
+    ch__audit_queue *q = arg;
+    pthread_setname_np(pthread_self(), "ch-audit");
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        while (q->n == 0 && !q->stop)
+            pthread_cond_wait(&q->cv, &q->mu);
+        if (q->stop)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += AUDIT_FLUSH_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        while (q->n < AUDIT_BATCH && !q->stop &&
+               pthread_cond_timedwait(&q->cv, &q->mu, &ts) == 0)
+            ;
+        pthread_mutex_unlock(&q->mu);
+        ch_req req = {.op = CH_OP_AUDIT_FLUSH};
+        ch_call(q->db, &req); /* failures are logged by the flush itself */
+        ch_req_dispose(&req);
+        pthread_mutex_lock(&q->mu);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return NULL;
+}
+
+ch__audit_queue *ch__audit_queue_new(ch_db *db)
 {
     ch__audit_queue *q = calloc(1, sizeof(*q));
-    if (q != NULL)
-        pthread_mutex_init(&q->mu, NULL);
+    if (q == NULL)
+        return NULL;
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->cv, NULL);
+    q->db = db;
     return q;
+}
+
+void ch__audit_queue_start(ch__audit_queue *q)
+{
+    if (pthread_create(&q->flusher, NULL, flusher_main, q) == 0)
+        q->running = true;
+    else
+        ch_log(CH_LOG_ERROR, "cannot start the audit flusher; decisions are written at close",
+               NULL);
+}
+
+void ch__audit_queue_stop(ch__audit_queue *q)
+{
+    if (q == NULL || !q->running)
+        return;
+    pthread_mutex_lock(&q->mu);
+    q->stop = true;
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    pthread_join(q->flusher, NULL);
+    q->running = false;
 }
 
 void ch__audit_queue_free(ch__audit_queue *q)
 {
     if (q == NULL)
         return;
+    ch__audit_queue_stop(q);
     for (aitem *it = q->head, *nx; it; it = nx) {
         nx = it->next;
         free(it);
     }
     pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->cv);
     free(q);
 }
 
@@ -116,12 +181,6 @@ void ch__mandate_metrics(ch_db *db, ch_buf *out)
     for (int i = 0; i < CH__M_STATE_COUNT; i++)
         ch_buf_printf(out, "charter_mandates{state=\"%s\"} %llu\n", ch__mandate_state_name(i),
                       (unsigned long long)counts[i]);
-}
-
-static void flush_done(ch_req *req)
-{
-    ch_req_dispose(req);
-    free(req);
 }
 
 /* Copies s into the item's buffer at *p. */
@@ -167,7 +226,6 @@ static void audit_push(ch_db *db, const char *tenant, const char *mandate, const
     it->resource = put(&p, a->resource);
     it->cls = put(&p, a->cls);
 
-    bool submit = false;
     pthread_mutex_lock(&q->mu);
     if (q->n >= AUDIT_QUEUE_MAX) {
         pthread_mutex_unlock(&q->mu);
@@ -178,25 +236,61 @@ static void audit_push(ch_db *db, const char *tenant, const char *mandate, const
     }
     it->next = q->head;
     q->head = it;
-    q->n++;
-    if (!q->flush_queued)
-        submit = q->flush_queued = true;
+    /* The flusher sleeps when the queue is empty, and waits for a full batch. */
+    if (++q->n == 1 || q->n == AUDIT_BATCH)
+        pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
-    if (!submit)
+}
+
+#define put_lit(b, lit) ch_buf_append((b), (lit), sizeof(lit) - 1)
+
+/* Appends s as a JSON string (or null). The strings come from parsed JSON, so they are
+ * valid UTF-8: only the quote, the backslash and control characters need escaping.
+ * Thousands of decisions go through here per commit, hence no JSON tree. */
+static void put_str(ch_buf *b, const char *s)
+{
+    if (s == NULL) {
+        put_lit(b, "null");
         return;
-    ch_req *req = calloc(1, sizeof(*req));
-    if (req != NULL) {
-        req->op = CH_OP_AUDIT_FLUSH;
-        req->done = flush_done;
-        if (ch_submit(db, req) == CH_OK)
-            return;
-        ch_req_dispose(req);
-        free(req);
     }
-    /* Not queued (shutting down): ch_db_close flushes what is left. */
-    pthread_mutex_lock(&q->mu);
-    q->flush_queued = false;
-    pthread_mutex_unlock(&q->mu);
+    put_lit(b, "\"");
+    for (const char *run = s;; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch != '\0' && ch != '"' && ch != '\\' && ch >= 0x20)
+            continue;
+        ch_buf_append(b, run, (size_t)(s - run));
+        if (ch == '\0')
+            break;
+        if (ch == '"' || ch == '\\')
+            ch_buf_printf(b, "\\%c", ch);
+        else
+            ch_buf_printf(b, "\\u%04x", ch);
+        run = s + 1;
+    }
+    put_lit(b, "\"");
+}
+
+/* The stored text of one decision (the fields its audit record shows). */
+static void decision_text(ch_buf *b, const aitem *it)
+{
+    ch_buf_printf(b, "{\"decision_id\":\"%s\",\"actor\":", it->decision_id);
+    put_str(b, it->actor);
+    put_lit(b, ",\"session\":");
+    put_str(b, it->session);
+    put_lit(b, ",\"action\":{\"tool\":");
+    put_str(b, it->tool);
+    put_lit(b, ",\"lane\":");
+    put_str(b, it->lane);
+    put_lit(b, ",\"resource\":");
+    put_str(b, it->resource);
+    put_lit(b, ",\"class\":");
+    put_str(b, it->cls);
+    ch_buf_printf(b, "},\"allow\":%s,\"reason\":\"%s\",\"mandate_version\":", it->allow ? "true" : "false",
+                  it->reason);
+    if (it->version)
+        ch_buf_printf(b, "%lld}", (long long)it->version);
+    else
+        put_lit(b, "null}");
 }
 
 static ch_status flush_exec(ch_db *db, ch_store *w, ch_req *req)
@@ -206,7 +300,6 @@ static ch_status flush_exec(ch_db *db, ch_store *w, ch_req *req)
     aitem *list = q->head;
     q->head = NULL;
     q->n = 0;
-    q->flush_queued = false;
     pthread_mutex_unlock(&q->mu);
     /* Oldest first. */
     aitem *rev = NULL;
@@ -217,29 +310,24 @@ static ch_status flush_exec(ch_db *db, ch_store *w, ch_req *req)
         list = nx;
     }
     ch_status rc = CH_OK;
+    ch_buf text = {0};
     for (aitem *it = rev, *nx; it != NULL; it = nx) {
         nx = it->next;
         if (rc == CH_OK) {
-            json_t *data = json_pack(
-                "{s:s, s:s?, s:s?, s:{s:s, s:s, s:s, s:s}, s:b, s:s, s:o}", "decision_id",
-                it->decision_id, "actor", it->actor, "session", it->session, "action", "tool",
-                it->tool, "lane", it->lane, "resource", it->resource, "class", it->cls, "allow",
-                it->allow, "reason", it->reason, "mandate_version",
-                it->version ? json_integer(it->version) : json_null());
-            char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
-            json_decref(data);
-            if (text == NULL) {
+            text.len = 0;
+            decision_text(&text, it);
+            if (text.data == NULL) {
                 rc = CH_NOMEM;
             } else {
                 ch_audit_row row = {0,         it->tenant, it->at,       "check",
                                     it->mandate ? it->mandate : "", it->lineage ? it->lineage : "",
-                                    text,      strlen(text)};
+                                    text.data, text.len};
                 rc = ch__db_store(db)->audit_append(w, &row);
-                free(text);
             }
         }
         free(it);
     }
+    ch_buf_free(&text);
     if (rc != CH_OK)
         ch_log(CH_LOG_ERROR, "audit records lost", "{s:s}", "error", ch_strerror(rc));
     req->result = json_object();
@@ -347,8 +435,11 @@ static const char *const check_fields[] = {"mandate", "artifact", "actor", "sess
                                            NULL};
 static const char *const action_fields[] = {"tool", "lane", "resource", "class", NULL};
 
-ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_t **out,
-                        ch_err *e)
+/* Parses a check request and decides it. *echo is the mandate the reply names (a
+ * string of body or of *claims, which the caller releases), NULL when none. */
+static ch_status check_request(ch_db *db, const char *tenant, const json_t *body,
+                               ch_decision *d_out, const char **echo, json_t **claims_out,
+                               ch_err *e)
 {
     const char *mandate, *artifact, *actor, *session;
     ch_action a;
@@ -384,6 +475,7 @@ ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_
 
     ch_decision d;
     json_t *claims = NULL;
+    *claims_out = NULL;
     if (artifact != NULL) {
         /* The artifact must verify against this server's key and be this tenant's. */
         json_t *jwk = ch_signing_key(db);
@@ -411,6 +503,21 @@ ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_
     } else {
         check(db, tenant, mandate, actor, session, &a, 0, &d);
     }
+    *d_out = d;
+    *echo = mandate;
+    *claims_out = claims;
+    return CH_OK;
+}
+
+ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_t **out,
+                        ch_err *e)
+{
+    ch_decision d;
+    const char *mandate;
+    json_t *claims;
+    ch_status rc = check_request(db, tenant, body, &d, &mandate, &claims, e);
+    if (rc != CH_OK)
+        return rc;
     char at[32];
     ch_time_format(d.checked_at, at);
     *out = json_pack("{s:b, s:s, s:s?, s:o, s:s, s:s}", "allow", d.allow, "reason", d.reason,
@@ -419,6 +526,29 @@ ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_
                      "decision_id", d.decision_id, "checked_at", at);
     json_decref(claims);
     return *out ? CH_OK : ch_err_set(e, CH_NOMEM, NULL, NULL);
+}
+
+ch_status ch_check_text(ch_db *db, const char *tenant, const json_t *body, ch_buf *out,
+                        ch_err *e)
+{
+    ch_decision d;
+    const char *mandate;
+    json_t *claims;
+    ch_status rc = check_request(db, tenant, body, &d, &mandate, &claims, e);
+    if (rc != CH_OK)
+        return rc;
+    char at[32];
+    ch_time_format(d.checked_at, at);
+    ch_buf_printf(out, "{\"allow\":%s,\"reason\":\"%s\",\"mandate\":",
+                  d.allow ? "true" : "false", d.reason);
+    put_str(out, mandate);
+    if (d.mandate_version)
+        ch_buf_printf(out, ",\"mandate_version\":%lld", (long long)d.mandate_version);
+    else
+        put_lit(out, ",\"mandate_version\":null");
+    ch_buf_printf(out, ",\"decision_id\":\"%s\",\"checked_at\":\"%s\"}", d.decision_id, at);
+    json_decref(claims);
+    return out->data ? CH_OK : ch_err_set(e, CH_NOMEM, NULL, NULL);
 }
 
 /* ---- the audit trail ------------------------------------------------------------ */

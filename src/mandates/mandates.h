@@ -141,7 +141,10 @@ void ch__registry_expiry_stop(ch__registry *reg);
 
 /* The audit queue (check decisions, written by the writer in batches). */
 typedef struct ch__audit_queue ch__audit_queue;
-ch__audit_queue *ch__audit_queue_new(void);
+ch__audit_queue *ch__audit_queue_new(ch_db *db);
+/* Starts and stops the flusher thread (stop waits for its last flush). */
+void ch__audit_queue_start(ch__audit_queue *q);
+void ch__audit_queue_stop(ch__audit_queue *q);
 void ch__audit_queue_free(ch__audit_queue *q);
 /* Decisions dropped from the audit log because the queue was full. */
 uint64_t ch__audit_dropped(ch__audit_queue *q);

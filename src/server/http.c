@@ -813,7 +813,6 @@ static void route_mandates(call *c, const char *tenant, h2o_iovec_t *seg, int n)
 static void handle_check(call *c, const char *tenant)
 {
     ch_err e;
-    json_t *out = NULL;
     c->route = CH_ROUTE_CHECK;
     if (!method_is(c->req, "POST")) {
         fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use POST on /v1/check");
@@ -826,9 +825,14 @@ static void handle_check(call *c, const char *tenant)
         send_error(c, &e);
         return;
     }
-    ch_status st = ch_check_json(ch__server.db, tenant, body, &out, &e);
+    ch_buf reply = {0};
+    ch_status st = ch_check_text(ch__server.db, tenant, body, &reply, &e);
     json_decref(body);
-    reply_read(c, st, out, &e);
+    if (st == CH_OK)
+        send_text(c, 200, "application/json", reply.data, reply.len);
+    else
+        send_error(c, &e);
+    ch_buf_free(&reply);
 }
 
 static void handle_audit(call *c, const char *tenant)
