@@ -61,7 +61,6 @@ static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS audit(id INTEGER PRIMARY KEY AUTOINCREMENT,"
     " tenant TEXT NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL, mandate TEXT NOT NULL,"
     " lineage TEXT NOT NULL, data TEXT NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit(tenant, id);"
     "CREATE INDEX IF NOT EXISTS audit_by_lineage ON audit(tenant, lineage, id);"
     "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', '2');"
     "UPDATE meta SET value = '2' WHERE key = 'schema_version';";
