@@ -53,6 +53,9 @@ void ch__registry_publish(struct ch__registry *reg);
  * object, stolen). Writer only. */
 ch_status ch__stream_emit(ch_db *db, ch_store *w, const char *tenant, const char *type,
                           json_t *data, int64_t now);
+/* The same with data already as JSON object text (not consumed). */
+ch_status ch__stream_emit_text(ch_db *db, ch_store *w, const char *tenant, const char *type,
+                               const char *data, int64_t now);
 /* Writer: the highest stream id written by the current batch so far (db.c). */
 void ch__db_stream_wrote(ch_db *db, int64_t id);
 

@@ -98,7 +98,9 @@ typedef int (*ch_fact_cb)(void *arg, const char *key, const char *value, size_t 
                           int64_t updated_at);
 
 /* One mandate as stored: doc is a JSON object with every field of the mandate except
- * its spending, which is kept apart because every append with usage updates it. */
+ * its spending, which is kept apart because every append with usage updates it. A
+ * lifecycle change (state, reason, updated_at) is stored by mandate_set_state without
+ * rewriting the doc: when state is not NULL, those three override the doc's. */
 typedef struct ch_mandate_row {
     const char *id;
     const char *tenant;
@@ -107,6 +109,9 @@ typedef struct ch_mandate_row {
     int64_t spent_tokens;
     double spent_cost_usd;
     int64_t spent_tool_calls;
+    const char *state;  /* NULL: the doc's */
+    const char *reason; /* with state: NULL for none */
+    int64_t updated_at; /* with state */
 } ch_mandate_row;
 
 /* One entry of a tenant's event stream (mandate and session lifecycle events). ids
@@ -218,11 +223,16 @@ struct ch_store_methods {
     ch_status (*mandate_put)(ch_store *st, const ch_mandate_row *m);
     ch_status (*mandate_spend)(ch_store *st, const char *id, int64_t tokens, double cost_usd,
                                int64_t tool_calls);
+    /* Stores a lifecycle change (reason may be NULL); CH_NOT_FOUND for an unknown id.
+     * mandate_put clears it (its doc then holds the state). */
+    ch_status (*mandate_set_state)(ch_store *st, const char *id, const char *state,
+                                   const char *reason, int64_t updated_at);
     ch_status (*mandate_load)(ch_store *st, ch_mandate_cb cb, void *arg);
 
     /* The event stream. stream_append sets *id; stream_list gives, in id order, at most
      * limit entries of tenant with id > after; stream_last gives the highest id (0 when
-     * empty); stream_trim deletes entries older than before. */
+     * empty); stream_trim deletes entries older than before (a backend may bound the
+     * work of one call: the retention sweep calls it every sweep_interval). */
     ch_status (*stream_append)(ch_store *st, const char *tenant, const char *type, int64_t at,
                                const char *data, int64_t *id);
     ch_status (*stream_list)(ch_store *st, const char *tenant, int64_t after, int limit,

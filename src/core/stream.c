@@ -10,18 +10,25 @@
 
 #include "internal.h"
 
+ch_status ch__stream_emit_text(ch_db *db, ch_store *w, const char *tenant, const char *type,
+                               const char *data, int64_t now)
+{
+    int64_t id = 0;
+    ch_status rc = ch__db_store(db)->stream_append(w, tenant, type, now, data, &id);
+    if (rc == CH_OK)
+        ch__db_stream_wrote(db, id);
+    return rc;
+}
+
 ch_status ch__stream_emit(ch_db *db, ch_store *w, const char *tenant, const char *type,
                           json_t *data, int64_t now)
 {
     char *text = json_dumps(data, JSON_COMPACT);
-    int64_t id = 0;
     json_decref(data);
     if (text == NULL)
         return CH_NOMEM;
-    ch_status rc = ch__db_store(db)->stream_append(w, tenant, type, now, text, &id);
+    ch_status rc = ch__stream_emit_text(db, w, tenant, type, text, now);
     free(text);
-    if (rc == CH_OK)
-        ch__db_stream_wrote(db, id);
     return rc;
 }
 

@@ -336,17 +336,11 @@ static ch_status flush_exec(ch_db *db, ch_store *w, ch_req *req)
 
 const ch__op_def ch__audit_flush_op = {NULL, flush_exec};
 
-ch_status ch__audit_write(ch_store *w, const ch__mandate *m, const char *kind, json_t *data,
+ch_status ch__audit_write(ch_store *w, const ch__mandate *m, const char *kind, const char *data,
                           int64_t now)
 {
-    char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
-    json_decref(data);
-    if (text == NULL)
-        return CH_NOMEM;
-    ch_audit_row row = {0, m->tenant, now, kind, m->id, m->lineage, text, strlen(text)};
-    ch_status rc = ((const ch_store_methods *)w->methods)->audit_append(w, &row);
-    free(text);
-    return rc;
+    ch_audit_row row = {0, m->tenant, now, kind, m->id, m->lineage, data, strlen(data)};
+    return w->methods->audit_append(w, &row);
 }
 
 /* ---- the check ------------------------------------------------------------------ */

@@ -220,13 +220,13 @@ static ch_status persist(ch_db *db, ch_store *w, const ch__mandate *m)
     json_decref(doc);
     if (text == NULL)
         return CH_NOMEM;
-    ch_mandate_row row = {m->id,
-                          m->tenant,
-                          text,
-                          strlen(text),
-                          m->spent_next.tokens,
-                          m->spent_next.cost_usd,
-                          m->spent_next.tool_calls};
+    ch_mandate_row row = {.id = m->id,
+                          .tenant = m->tenant,
+                          .doc = text,
+                          .doc_len = strlen(text),
+                          .spent_tokens = m->spent_next.tokens,
+                          .spent_cost_usd = m->spent_next.cost_usd,
+                          .spent_tool_calls = m->spent_next.tool_calls};
     ch_status rc = ch__db_store(db)->mandate_put(w, &row);
     free(text);
     return rc;
@@ -239,10 +239,14 @@ static ch_status announce(ch_db *db, ch_store *w, const ch__mandate *m, const ch
     if (data == NULL)
         return CH_NOMEM;
     json_object_set_new(data, "mandate", json_string(m->id));
-    ch_status rc = ch__audit_write(w, m, type, json_incref(data), now);
-    if (rc == CH_OK)
-        rc = ch__stream_emit(db, w, m->tenant, type, json_incref(data), now);
+    char *text = json_dumps(data, JSON_COMPACT);
     json_decref(data);
+    if (text == NULL)
+        return CH_NOMEM;
+    ch_status rc = ch__audit_write(w, m, type, text, now);
+    if (rc == CH_OK)
+        rc = ch__stream_emit_text(db, w, m->tenant, type, text, now);
+    free(text);
     return rc;
 }
 
@@ -632,13 +636,34 @@ static ch_status set_state(ch_db *db, ch_store *w, ch__mandate *m, int to, const
             return CH_NOMEM;
     }
     st->updated_at = now;
-    ch_status rc = persist(db, w, m);
+    /* Only the lifecycle fields change: the record's doc is not rewritten. */
+    ch_status rc = ch__db_store(db)->mandate_set_state(w, m->id, ch__mandate_state_name(to),
+                                                       st->reason, now);
+    if (rc != CH_OK)
+        return rc;
+    /* The event's text is built directly: a cascade writes one per descendant. The
+     * reason is the only free text; jansson encodes it. */
+    char *reason_json = NULL;
+    if (reason != NULL) {
+        json_t *r = json_string(reason);
+        reason_json = r ? json_dumps(r, JSON_ENCODE_ANY) : NULL;
+        json_decref(r);
+        if (reason_json == NULL)
+            return CH_NOMEM;
+    }
+    ch_buf text = {0};
+    ch_buf_printf(&text,
+                  "{\"state\":\"%s\",\"version\":%lld,\"reason\":%s,\"cause\":\"%s\","
+                  "\"mandate\":\"%s\"}",
+                  ch__mandate_state_name(to), (long long)st->version,
+                  reason_json ? reason_json : "null", cause->id, m->id);
+    free(reason_json);
+    if (text.data == NULL)
+        return CH_NOMEM;
+    rc = ch__audit_write(w, m, event, text.data, now);
     if (rc == CH_OK)
-        rc = announce(db, w, m, event,
-                      json_pack("{s:s, s:I, s:o, s:s}", "state", ch__mandate_state_name(to),
-                                "version", (json_int_t)st->version, "reason",
-                                str_or_null(reason), "cause", cause->id),
-                      now);
+        rc = ch__stream_emit_text(db, w, m->tenant, event, text.data, now);
+    ch_buf_free(&text);
     return rc;
 }
 
@@ -667,9 +692,12 @@ static ch_status cascade_one(void *arg, ch__mandate *x)
 {
     cascade *c = arg;
     ch_status rc = CH_OK;
-    if (x != c->cause && c->to >= 0 && !CH__M_FINAL(ch__mview(x)->state))
+    /* A descendant that was already final stopped its sessions back then. */
+    if (x != c->cause && CH__M_FINAL(ch__mview(x)->state))
+        return CH_OK;
+    if (x != c->cause && c->to >= 0)
         rc = set_state(c->db, c->w, x, c->to, c->event, c->reason, c->cause, c->now);
-    if (rc == CH_OK)
+    if (rc == CH_OK && x->bound)
         rc = ch__sessions_inert(c->db, c->w, x->tenant, x->id, c->sreason, c->cause->id, c->now);
     return rc;
 }
@@ -747,7 +775,11 @@ ch_status ch__mandate_may_bind(ch_db *db, const char *tenant, const char *mandat
     ch__mandate *m = ch__registry_find(ch__db_registry(db), tenant, mandate);
     if (m == NULL)
         return ch_err_set(e, CH_INVALID_VALUE, "mandate", "no such mandate: %s", mandate);
-    return holds(m, ch_now_ms(), e);
+    ch_status rc = holds(m, ch_now_ms(), e);
+    /* Set even if the create is undone: a cascade then merely looks for sessions. */
+    if (rc == CH_OK)
+        m->bound = true;
+    return rc;
 }
 
 ch_status ch__mandate_may_continue(ch_db *db, const char *tenant, const char *mandate, ch_err *e)

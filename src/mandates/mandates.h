@@ -79,6 +79,7 @@ struct ch__mandate {
     ch__usage spent;      /* published spending of its sessions and its subtree's */
     ch__usage spent_next; /* writer only */
     bool touched;         /* writer only: on the batch's touched list */
+    bool bound;           /* writer only: a session may be bound to it */
     ch__mandate *hnext;   /* hash chain */
 };
 
@@ -150,8 +151,9 @@ void ch__audit_queue_free(ch__audit_queue *q);
 uint64_t ch__audit_dropped(ch__audit_queue *q);
 /* The writer's op that writes the queued decisions. */
 extern const ch__op_def ch__audit_flush_op;
-/* Appends one audit record of a mandate change inside the current transaction. */
-ch_status ch__audit_write(ch_store *w, const ch__mandate *m, const char *kind, json_t *data,
+/* Appends one audit record of a mandate change (data: JSON object text) inside the
+ * current transaction. */
+ch_status ch__audit_write(ch_store *w, const ch__mandate *m, const char *kind, const char *data,
                           int64_t now);
 
 #endif /* CHARTER_MANDATES_H */

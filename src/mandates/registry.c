@@ -583,9 +583,26 @@ static int load_one(void *arg, const ch_mandate_row *row)
         c->rc = CH_IO;
         return 1;
     }
+    if (row->state != NULL) { /* a lifecycle change stored after the doc */
+        int state = ch__mandate_state_parse(row->state);
+        char *reason = row->reason ? strdup(row->reason) : NULL;
+        if (state < 0 || (row->reason && reason == NULL)) {
+            ch_log(CH_LOG_ERROR, "unreadable mandate state", "{s:s}", "id", row->id);
+            free(reason);
+            ch__mstate_free(st);
+            c->rc = CH_IO;
+            return 1;
+        }
+        st->state = state;
+        free(st->reason);
+        st->reason = reason;
+        st->updated_at = row->updated_at;
+    }
     ch__mandate *m;
     if ((c->rc = ch__registry_insert(c->reg, row->tenant, row->id, parent, st, &m)) != CH_OK)
         return 1;
+    /* Whether sessions are bound is not known here: assume so for live mandates. */
+    m->bound = !CH__M_FINAL(st->state);
     m->spent = m->spent_next =
         (ch__usage){row->spent_tokens, row->spent_cost_usd, row->spent_tool_calls};
     return 0;

@@ -53,11 +53,11 @@ static const char schema_sql[] =
     " WHERE mandate <> '';"
     "CREATE TABLE IF NOT EXISTS mandates(mid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
     " tenant TEXT NOT NULL, doc TEXT NOT NULL, spent_tokens INTEGER NOT NULL DEFAULT 0,"
-    " spent_cost_usd REAL NOT NULL DEFAULT 0, spent_tool_calls INTEGER NOT NULL DEFAULT 0);"
+    " spent_cost_usd REAL NOT NULL DEFAULT 0, spent_tool_calls INTEGER NOT NULL DEFAULT 0,"
+    " state TEXT, reason TEXT, updated_at INTEGER);"
     "CREATE TABLE IF NOT EXISTS stream(id INTEGER PRIMARY KEY AUTOINCREMENT,"
     " tenant TEXT NOT NULL, type TEXT NOT NULL, at INTEGER NOT NULL, data TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS stream_by_tenant ON stream(tenant, id);"
-    "CREATE INDEX IF NOT EXISTS stream_by_at ON stream(at);"
     "CREATE TABLE IF NOT EXISTS audit(id INTEGER PRIMARY KEY AUTOINCREMENT,"
     " tenant TEXT NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL, mandate TEXT NOT NULL,"
     " lineage TEXT NOT NULL, data TEXT NOT NULL);"
@@ -105,6 +105,7 @@ enum stmt_id {
     S_MANDATE_PUT,
     S_MANDATE_SPEND,
     S_MANDATE_LOAD,
+    S_MANDATE_SET_STATE,
     S_STREAM_APPEND,
     S_STREAM_LIST,
     S_STREAM_LAST,
@@ -164,17 +165,24 @@ static const char *const stmt_sql[S__COUNT] = {
                              " AND mandate = ?2 AND mandate <> '' ORDER BY id",
     [S_MANDATE_PUT] = "INSERT INTO mandates(id, tenant, doc, spent_tokens, spent_cost_usd,"
                       " spent_tool_calls) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"
-                      " ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
+                      " ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, state = NULL,"
+                      " reason = NULL, updated_at = NULL",
+    [S_MANDATE_SET_STATE] = "UPDATE mandates SET state = ?2, reason = ?3, updated_at = ?4"
+                            " WHERE id = ?1",
     [S_MANDATE_SPEND] = "UPDATE mandates SET spent_tokens = spent_tokens + ?2,"
                         " spent_cost_usd = spent_cost_usd + ?3,"
                         " spent_tool_calls = spent_tool_calls + ?4 WHERE id = ?1",
-    [S_MANDATE_LOAD] = "SELECT id, tenant, doc, spent_tokens, spent_cost_usd, spent_tool_calls"
-                       " FROM mandates ORDER BY mid",
+    [S_MANDATE_LOAD] = "SELECT id, tenant, doc, spent_tokens, spent_cost_usd, spent_tool_calls,"
+                       " state, reason, updated_at FROM mandates ORDER BY mid",
     [S_STREAM_APPEND] = "INSERT INTO stream(tenant, type, at, data) VALUES(?1, ?2, ?3, ?4)",
     [S_STREAM_LIST] = "SELECT id, tenant, type, at, data FROM stream WHERE tenant = ?1"
                       " AND id > ?2 ORDER BY id LIMIT ?3",
     [S_STREAM_LAST] = "SELECT coalesce(max(id), 0) FROM stream",
-    [S_STREAM_TRIM] = "DELETE FROM stream WHERE at < ?1",
+    /* Ids follow commit order, so the old entries are a prefix of the table: they are
+     * found among its first 100,000 rows (a bounded scan per trim), without an index on
+     * `at` that every append would pay for. */
+    [S_STREAM_TRIM] = "DELETE FROM stream WHERE id <= (SELECT max(id) FROM (SELECT id, at"
+                      " FROM stream ORDER BY id LIMIT 100000) WHERE at < ?1)",
     [S_AUDIT_APPEND] = "INSERT INTO audit(tenant, at, kind, mandate, lineage, data)"
                        " VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
     [S_AUDIT_LIST] = "SELECT id, tenant, at, kind, mandate, lineage, data FROM audit"
@@ -913,6 +921,24 @@ static ch_status s_mandate_spend(ch_store *b, const char *id, int64_t tokens, do
     return rc;
 }
 
+static ch_status s_mandate_set_state(ch_store *b, const char *id, const char *state,
+                                     const char *reason, int64_t updated_at)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_MANDATE_SET_STATE);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
+    if (reason != NULL)
+        sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, updated_at);
+    ch_status rc = exec_stmt(s, st);
+    if (rc == CH_OK && sqlite3_changes(s->db) == 0)
+        rc = CH_NOT_FOUND;
+    return rc;
+}
+
 static ch_status s_mandate_load(ch_store *b, ch_mandate_cb cb, void *arg)
 {
     sqlite_store *s = (sqlite_store *)b;
@@ -930,6 +956,9 @@ static ch_status s_mandate_load(ch_store *b, ch_mandate_cb cb, void *arg)
             .spent_tokens = sqlite3_column_int64(st, 3),
             .spent_cost_usd = sqlite3_column_double(st, 4),
             .spent_tool_calls = sqlite3_column_int64(st, 5),
+            .state = (const char *)sqlite3_column_text(st, 6),
+            .reason = (const char *)sqlite3_column_text(st, 7),
+            .updated_at = sqlite3_column_int64(st, 8),
         };
         if (cb(arg, &m) != 0)
             break;
@@ -1108,6 +1137,7 @@ const ch_store_methods ch__sqlite_methods = {
     .mandate_put = s_mandate_put,
     .mandate_spend = s_mandate_spend,
     .mandate_load = s_mandate_load,
+    .mandate_set_state = s_mandate_set_state,
     .stream_append = s_stream_append,
     .stream_list = s_stream_list,
     .stream_last = s_stream_last,
