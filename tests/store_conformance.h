@@ -367,6 +367,250 @@ static int64_t conf_key_count(ch_conformance *c, ch_store *st)
     return n;
 }
 
+/* ---- version 2 helpers: mandates, the event stream, the audit trail ---------------- */
+
+/* Writes a mandate row with the doc text doc (its whole length) in the writer's open
+ * transaction. */
+static void conf_mandate_put(ch_conformance *c, const char *id, const char *tenant, const char *doc,
+                             int64_t tokens, double cost_usd, int64_t tool_calls)
+{
+    ch_mandate_row row = {.id = id,
+                          .tenant = tenant,
+                          .doc = doc,
+                          .doc_len = strlen(doc),
+                          .spent_tokens = tokens,
+                          .spent_cost_usd = cost_usd,
+                          .spent_tool_calls = tool_calls};
+    conf_ok(c->m->mandate_put(c->w, &row));
+}
+
+typedef struct conf_mandates_seen {
+    int n;
+    int stop_after;
+    char id[CONF_MAX][CH_ID_MAX];
+    char tenant[CONF_MAX][CH_TENANT_MAX];
+    char *doc[CONF_MAX]; /* malloc'd copies, doc_len bytes + NUL */
+    size_t doc_len[CONF_MAX];
+    int64_t tokens[CONF_MAX];
+    double cost_usd[CONF_MAX];
+    int64_t tool_calls[CONF_MAX];
+} conf_mandates_seen;
+
+static int conf_mandate_cb(void *arg, const ch_mandate_row *m)
+{
+    conf_mandates_seen *ms = arg;
+    if (ms->n < CONF_MAX) {
+        int i = ms->n;
+        snprintf(ms->id[i], CH_ID_MAX, "%s", m->id);
+        snprintf(ms->tenant[i], CH_TENANT_MAX, "%s", m->tenant);
+        ms->doc[i] = malloc(m->doc_len + 1);
+        if (ms->doc[i] != NULL) {
+            memcpy(ms->doc[i], m->doc, m->doc_len);
+            ms->doc[i][m->doc_len] = '\0';
+        }
+        ms->doc_len[i] = m->doc_len;
+        ms->tokens[i] = m->spent_tokens;
+        ms->cost_usd[i] = m->spent_cost_usd;
+        ms->tool_calls[i] = m->spent_tool_calls;
+        ms->n++;
+    }
+    return ms->stop_after > 0 && ms->n >= ms->stop_after;
+}
+
+static void conf_mandates_clear(conf_mandates_seen *ms)
+{
+    for (int i = 0; i < ms->n && i < CONF_MAX; i++)
+        free(ms->doc[i]);
+    memset(ms, 0, sizeof(*ms));
+}
+
+/* Loads every mandate through st into ms (cleared first). */
+static void conf_load(ch_conformance *c, ch_store *st, conf_mandates_seen *ms)
+{
+    conf_mandates_clear(ms);
+    conf_ok(c->m->mandate_load(st, conf_mandate_cb, ms));
+}
+
+/* Mandate i of ms is exactly (id, tenant, doc, spending). */
+static void conf_expect_mandate(const conf_mandates_seen *ms, int i, const char *id,
+                                const char *tenant, const char *doc, int64_t tokens,
+                                double cost_usd, int64_t tool_calls)
+{
+    if (i >= ms->n)
+        fail_msg("mandate_load gave %d mandates, expected at least %d", ms->n, i + 1);
+    assert_string_equal(ms->id[i], id);
+    assert_string_equal(ms->tenant[i], tenant);
+    assert_int_equal(ms->doc_len[i], strlen(doc));
+    assert_string_equal(ms->doc[i], doc);
+    assert_int_equal(ms->tokens[i], tokens);
+    if (ms->cost_usd[i] != cost_usd)
+        fail_msg("mandate %s spent_cost_usd %.17g, expected %.17g", id, ms->cost_usd[i], cost_usd);
+    assert_int_equal(ms->tool_calls[i], tool_calls);
+}
+
+typedef struct conf_stream_seen {
+    int n;
+    int stop_after;
+    int64_t id[CONF_MAX];
+    int64_t at[CONF_MAX];
+    char tenant[CONF_MAX][CH_TENANT_MAX];
+    char type[CONF_MAX][64];
+    char *data[CONF_MAX]; /* malloc'd copies */
+    size_t data_len[CONF_MAX];
+} conf_stream_seen;
+
+static int conf_stream_cb(void *arg, const ch_stream_row *r)
+{
+    conf_stream_seen *ss = arg;
+    if (ss->n < CONF_MAX) {
+        int i = ss->n;
+        ss->id[i] = r->id;
+        ss->at[i] = r->at;
+        snprintf(ss->tenant[i], CH_TENANT_MAX, "%s", r->tenant);
+        snprintf(ss->type[i], sizeof(ss->type[i]), "%s", r->type);
+        ss->data[i] = malloc(r->data_len + 1);
+        if (ss->data[i] != NULL) {
+            memcpy(ss->data[i], r->data, r->data_len);
+            ss->data[i][r->data_len] = '\0';
+        }
+        ss->data_len[i] = r->data_len;
+        ss->n++;
+    }
+    return ss->stop_after > 0 && ss->n >= ss->stop_after;
+}
+
+static void conf_stream_clear(conf_stream_seen *ss)
+{
+    for (int i = 0; i < ss->n && i < CONF_MAX; i++)
+        free(ss->data[i]);
+    memset(ss, 0, sizeof(*ss));
+}
+
+/* Appends one stream entry in the writer's open transaction; returns its id. */
+static int64_t conf_stream_append(ch_conformance *c, const char *tenant, const char *type,
+                                  int64_t at, const char *data)
+{
+    int64_t id = -1;
+    conf_ok(c->m->stream_append(c->w, tenant, type, at, data, &id));
+    assert_true(id > 0);
+    return id;
+}
+
+/* stream_list of tenant through st must give exactly the entries ids[0..count). */
+static void conf_expect_stream(ch_conformance *c, ch_store *st, const char *tenant, int64_t after,
+                               int limit, const int64_t *ids, int count)
+{
+    conf_stream_seen ss = {0};
+    conf_ok(c->m->stream_list(st, tenant, after, limit, conf_stream_cb, &ss));
+    if (ss.n != count) {
+        int n = ss.n;
+        conf_stream_clear(&ss);
+        fail_msg("stream_list(%s, after=%lld, limit=%d) gave %d entries, expected %d", tenant,
+                 (long long)after, limit, n, count);
+    }
+    for (int i = 0; i < count; i++) {
+        if (ss.id[i] != ids[i]) {
+            int64_t got = ss.id[i];
+            conf_stream_clear(&ss);
+            fail_msg("stream entry %d has id %lld, expected %lld", i, (long long)got,
+                     (long long)ids[i]);
+        }
+        assert_string_equal(ss.tenant[i], tenant);
+    }
+    conf_stream_clear(&ss);
+}
+
+static int64_t conf_stream_last(ch_conformance *c, ch_store *st)
+{
+    int64_t id = -1;
+    conf_ok(c->m->stream_last(st, &id));
+    return id;
+}
+
+typedef struct conf_audit_seen {
+    int n;
+    int stop_after;
+    int64_t id[CONF_MAX];
+    int64_t at[CONF_MAX];
+    char tenant[CONF_MAX][CH_TENANT_MAX];
+    char kind[CONF_MAX][64];
+    char mandate[CONF_MAX][CH_ID_MAX];
+    char lineage[CONF_MAX][256];
+    char *data[CONF_MAX]; /* malloc'd copies */
+    size_t data_len[CONF_MAX];
+} conf_audit_seen;
+
+static int conf_audit_cb(void *arg, const ch_audit_row *r)
+{
+    conf_audit_seen *as = arg;
+    if (as->n < CONF_MAX) {
+        int i = as->n;
+        as->id[i] = r->id;
+        as->at[i] = r->at;
+        snprintf(as->tenant[i], CH_TENANT_MAX, "%s", r->tenant);
+        snprintf(as->kind[i], sizeof(as->kind[i]), "%s", r->kind);
+        snprintf(as->mandate[i], sizeof(as->mandate[i]), "%s", r->mandate ? r->mandate : "(null)");
+        snprintf(as->lineage[i], sizeof(as->lineage[i]), "%s", r->lineage ? r->lineage : "(null)");
+        as->data[i] = malloc(r->data_len + 1);
+        if (as->data[i] != NULL) {
+            memcpy(as->data[i], r->data, r->data_len);
+            as->data[i][r->data_len] = '\0';
+        }
+        as->data_len[i] = r->data_len;
+        as->n++;
+    }
+    return as->stop_after > 0 && as->n >= as->stop_after;
+}
+
+static void conf_audit_clear(conf_audit_seen *as)
+{
+    for (int i = 0; i < as->n && i < CONF_MAX; i++)
+        free(as->data[i]);
+    memset(as, 0, sizeof(*as));
+}
+
+/* Appends audit record n of tenant (data {"n":n}) in the writer's open transaction. */
+static void conf_audit_append(ch_conformance *c, const char *tenant, int n, const char *kind,
+                              const char *mandate, const char *lineage)
+{
+    char data[32];
+    snprintf(data, sizeof(data), "{\"n\":%d}", n);
+    ch_audit_row r = {.tenant = tenant,
+                      .at = 1000 + n,
+                      .kind = kind,
+                      .mandate = mandate,
+                      .lineage = lineage,
+                      .data = data,
+                      .data_len = strlen(data)};
+    conf_ok(c->m->audit_append(c->w, &r));
+}
+
+/* audit_list through st into as (cleared first). */
+static void conf_audit_list(ch_conformance *c, ch_store *st, conf_audit_seen *as,
+                            const char *tenant, const char *prefix, int64_t after, int limit)
+{
+    conf_audit_clear(as);
+    conf_ok(c->m->audit_list(st, tenant, prefix, after, limit, conf_audit_cb, as));
+}
+
+/* as holds exactly the records numbered ns[0..count) (their data is {"n":N}), in
+ * that order, with strictly increasing ids. */
+static void conf_expect_audit(const conf_audit_seen *as, const int *ns, int count)
+{
+    char data[32];
+    if (as->n != count)
+        fail_msg("audit_list gave %d records, expected %d", as->n, count);
+    for (int i = 0; i < count; i++) {
+        snprintf(data, sizeof(data), "{\"n\":%d}", ns[i]);
+        assert_string_equal(as->data[i], data);
+        assert_int_equal(as->data_len[i], strlen(data));
+        assert_int_equal(as->at[i], 1000 + ns[i]);
+        if (i > 0 && as->id[i] <= as->id[i - 1])
+            fail_msg("audit ids out of order: %lld then %lld", (long long)as->id[i - 1],
+                     (long long)as->id[i]);
+    }
+}
+
 /* ---- setup / teardown ------------------------------------------------------------ */
 
 static int conf_setup(void **state)
@@ -443,6 +687,19 @@ static void conf_table_complete(void **state)
     assert_non_null(m->fact_get);
     assert_non_null(m->fact_delete);
     assert_non_null(m->fact_list);
+    if (m->version < 2)
+        return;
+    /* version 2 */
+    assert_non_null(m->session_by_mandate);
+    assert_non_null(m->mandate_put);
+    assert_non_null(m->mandate_spend);
+    assert_non_null(m->mandate_load);
+    assert_non_null(m->stream_append);
+    assert_non_null(m->stream_list);
+    assert_non_null(m->stream_last);
+    assert_non_null(m->stream_trim);
+    assert_non_null(m->audit_append);
+    assert_non_null(m->audit_list);
 }
 
 /* The writer's open created the data dir and the schema: a reader opened after it
@@ -1517,6 +1774,493 @@ static void conf_facts_large(void **state)
     free(v);
 }
 
+/* ---- version 2: mandates, the event stream, the audit trail ----------------------- */
+
+/* A fresh store answers every version-2 read with nothing. */
+static void conf_v2_empty(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_mandates_seen ms = {0};
+    conf_sessions cs = {0};
+    conf_audit_seen as = {0};
+
+    ch_store *r = conf_reader(c, 0);
+    conf_load(c, r, &ms);
+    assert_int_equal(ms.n, 0);
+    conf_ok(c->m->session_by_mandate(r, "t1", "m1", conf_session_cb, &cs));
+    assert_int_equal(cs.calls, 0);
+    conf_expect_stream(c, r, "t1", 0, 100, NULL, 0);
+    assert_int_equal(conf_stream_last(c, r), 0);
+    conf_audit_list(c, r, &as, "t1", NULL, 0, 100);
+    assert_int_equal(as.n, 0);
+    conf_audit_list(c, r, &as, "t1", "A/", 0, 100);
+    assert_int_equal(as.n, 0);
+    assert_int_equal(conf_stream_last(c, c->w), 0);
+    conf_begin(c);
+    conf_status(c->m->mandate_spend(c->w, "mdt_none", 1, 0, 0), CH_NOT_FOUND);
+    conf_commit(c);
+}
+
+/* session_by_mandate: the sessions of one tenant bound to exactly that mandate, in id
+ * order, whatever their state; sessions without a mandate ("") are never matched. */
+static void conf_session_by_mandate(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_sessions cs = {0};
+    ch_session_rec s = {0};
+
+    conf_begin(c);
+    /* Inserted out of id order on purpose. */
+    conf_insert(c, "t1", 5, "u", "m1", CH_SESSION_CLOSED, 50);
+    conf_insert(c, "t1", 2, "u", "m1", CH_SESSION_ACTIVE, 20);
+    conf_insert(c, "t1", 3, "u", "m2", CH_SESSION_OPEN, 30);
+    conf_insert(c, "t2", 4, "u", "m1", CH_SESSION_OPEN, 40);
+    conf_insert(c, "t1", 1, "u", "", CH_SESSION_OPEN, 10);
+    conf_insert(c, "t1", 6, "u", "", CH_SESSION_INERT, 60);
+    conf_insert(c, "t1", 7, "u", "m10", CH_SESSION_PAUSED, 70);
+    /* The writer sees its own uncommitted sessions (a cascade in the same batch as a
+     * session's creation must reach it). */
+    conf_ok(c->m->session_by_mandate(c->w, "t1", "m1", conf_session_cb, &cs));
+    conf_expect_ids(&cs, (int[]){2, 5}, 2);
+    conf_sessions_clear(&cs);
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_ok(c->m->session_by_mandate(r, "t1", "m1", conf_session_cb, &cs));
+    conf_expect_ids(&cs, (int[]){2, 5}, 2);
+    /* Complete records. */
+    assert_string_equal(cs.recs[0].tenant, "t1");
+    assert_string_equal(cs.recs[0].mandate, "m1");
+    assert_string_equal(cs.recs[0].agent, "agent-2");
+    assert_int_equal(cs.recs[0].state, CH_SESSION_ACTIVE);
+    assert_int_equal(cs.recs[0].updated_at, 20);
+    assert_string_equal(cs.recs[0].labels, "{\"n\":\"x\"}");
+    assert_int_equal(cs.recs[1].state, CH_SESSION_CLOSED);
+    assert_true(cs.recs[0].sid != cs.recs[1].sid);
+    conf_sessions_clear(&cs);
+
+    const struct {
+        const char *tenant, *mandate;
+        int ids[2];
+        int n;
+    } cases[] = {
+        {"t1", "m2", {3}, 1},  {"t2", "m1", {4}, 1}, {"t1", "m10", {7}, 1},
+        {"t1", "", {0}, 0},  /* "" is "no mandate", never a mandate of its own */
+        {"t1", "m", {0}, 0}, /* exact, not a prefix */
+        {"t1", "m1 ", {0}, 0}, {"t3", "m1", {0}, 0}, {"t2", "m2", {0}, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        conf_ok(
+            c->m->session_by_mandate(r, cases[i].tenant, cases[i].mandate, conf_session_cb, &cs));
+        conf_expect_ids(&cs, cases[i].ids, cases[i].n);
+        conf_sessions_clear(&cs);
+    }
+
+    /* A callback returning non-zero stops the scan. */
+    cs.stop_after = 1;
+    conf_ok(c->m->session_by_mandate(r, "t1", "m1", conf_session_cb, &cs));
+    assert_int_equal(cs.calls, 1);
+    conf_sessions_clear(&cs);
+
+    /* session_update moves a session between mandates; the lookup follows it. */
+    conf_begin(c);
+    conf_get(c, c->w, "t1", 3, &s);
+    snprintf(s.mandate, sizeof(s.mandate), "m1");
+    conf_ok(c->m->session_update(c->w, &s));
+    conf_get(c, c->w, "t1", 2, &s);
+    s.mandate[0] = '\0';
+    conf_ok(c->m->session_update(c->w, &s));
+    conf_commit(c);
+    ch_session_rec_clear(&s);
+    conf_ok(c->m->session_by_mandate(r, "t1", "m1", conf_session_cb, &cs));
+    conf_expect_ids(&cs, (int[]){3, 5}, 2);
+    conf_sessions_clear(&cs);
+    conf_ok(c->m->session_by_mandate(r, "t1", "", conf_session_cb, &cs));
+    conf_expect_ids(&cs, NULL, 0);
+    conf_sessions_clear(&cs);
+}
+
+/* mandate_put inserts, then replaces the doc of an existing id and keeps its spending
+ * and its place; mandate_spend accumulates; mandate_load gives every tenant's mandates
+ * in insertion order with every field. */
+static void conf_mandates(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_mandates_seen ms = {0};
+    static const char doc_c[] = "{\"doc\":\"c\",\"parent\":null}";
+    static const char doc_a[] = "{\"doc\":\"a\",\"parent\":\"mdt_c\"}";
+    static const char doc_b[] = "{\"doc\":\"b\",\"t\":\"\xe2\x82\xac\"}";
+
+    conf_begin(c);
+    /* Insertion order differs from id order on purpose. */
+    conf_mandate_put(c, "mdt_c", "t1", doc_c, 5, 0.5, 1);
+    conf_mandate_put(c, "mdt_a", "t1", doc_a, 0, 0, 0);
+    conf_mandate_put(c, "mdt_b", "t2", doc_b, 0, 0, 0);
+    /* The writer sees its own work. */
+    conf_load(c, c->w, &ms);
+    assert_int_equal(ms.n, 3);
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_load(c, r, &ms);
+    assert_int_equal(ms.n, 3);
+    conf_expect_mandate(&ms, 0, "mdt_c", "t1", doc_c, 5, 0.5, 1);
+    conf_expect_mandate(&ms, 1, "mdt_a", "t1", doc_a, 0, 0, 0);
+    conf_expect_mandate(&ms, 2, "mdt_b", "t2", doc_b, 0, 0, 0);
+
+    /* Spending accumulates; an unknown id is CH_NOT_FOUND and changes nothing. */
+    conf_begin(c);
+    conf_ok(c->m->mandate_spend(c->w, "mdt_c", 10, 0.25, 2));
+    conf_ok(c->m->mandate_spend(c->w, "mdt_c", 1, 0, 0));
+    conf_ok(c->m->mandate_spend(c->w, "mdt_a", 0, 1e-9, 7));
+    conf_status(c->m->mandate_spend(c->w, "mdt_x", 1, 1, 1), CH_NOT_FOUND);
+    conf_status(c->m->mandate_spend(c->w, "mdt_", 1, 1, 1), CH_NOT_FOUND);
+    conf_commit(c);
+    conf_load(c, r, &ms);
+    assert_int_equal(ms.n, 3);
+    conf_expect_mandate(&ms, 0, "mdt_c", "t1", doc_c, 16, 0.75, 3);
+    conf_expect_mandate(&ms, 1, "mdt_a", "t1", doc_a, 0, 1e-9, 7);
+    conf_expect_mandate(&ms, 2, "mdt_b", "t2", doc_b, 0, 0, 0);
+
+    /* Replacing: the doc changes, the spending (whatever the row says) and the place in
+     * the load order do not. */
+    static const char doc_c2[] = "{\"doc\":\"c\",\"version\":2}";
+    conf_begin(c);
+    conf_mandate_put(c, "mdt_c", "t1", doc_c2, 0, 0, 0);
+    conf_mandate_put(c, "mdt_d", "t1", "{}", 0, 0, 0);
+    conf_mandate_put(c, "mdt_b", "t2", doc_b, 999, 9.5, 999);
+    conf_commit(c);
+    conf_load(c, r, &ms);
+    assert_int_equal(ms.n, 4);
+    conf_expect_mandate(&ms, 0, "mdt_c", "t1", doc_c2, 16, 0.75, 3);
+    conf_expect_mandate(&ms, 1, "mdt_a", "t1", doc_a, 0, 1e-9, 7);
+    conf_expect_mandate(&ms, 2, "mdt_b", "t2", doc_b, 0, 0, 0);
+    conf_expect_mandate(&ms, 3, "mdt_d", "t1", "{}", 0, 0, 0);
+
+    /* The doc is exactly doc_len bytes, not up to a NUL; a large doc round-trips. */
+    static const char sliced[] = "{\"e\":1}TRAILING";
+    size_t big_len = 100000;
+    char *big = malloc(big_len + 1);
+    assert_non_null(big);
+    memset(big, 'x', big_len);
+    big[0] = '"';
+    big[big_len - 1] = '"';
+    big[big_len] = '\0';
+    conf_begin(c);
+    ch_mandate_row row = {.id = "mdt_e", .tenant = "t1", .doc = sliced, .doc_len = 7};
+    conf_ok(c->m->mandate_put(c->w, &row));
+    row = (ch_mandate_row){.id = "mdt_f",
+                           .tenant = "t1",
+                           .doc = big,
+                           .doc_len = big_len,
+                           .spent_tokens = 1,
+                           .spent_cost_usd = 2.5,
+                           .spent_tool_calls = 3};
+    conf_ok(c->m->mandate_put(c->w, &row));
+    conf_commit(c);
+    conf_load(c, r, &ms);
+    assert_int_equal(ms.n, 6);
+    conf_expect_mandate(&ms, 4, "mdt_e", "t1", "{\"e\":1}", 0, 0, 0);
+    assert_int_equal(ms.doc_len[5], big_len);
+    assert_memory_equal(ms.doc[5], big, big_len);
+    assert_int_equal(ms.tokens[5], 1);
+    free(big);
+
+    /* A callback returning non-zero stops the scan. */
+    conf_mandates_clear(&ms);
+    ms.stop_after = 2;
+    conf_ok(c->m->mandate_load(r, conf_mandate_cb, &ms));
+    assert_int_equal(ms.n, 2);
+    conf_mandates_clear(&ms);
+}
+
+/* The event stream: ids strictly increase in append order across tenants; listing is
+ * per tenant, after an id, limited; stream_last is the highest id; trimming deletes by
+ * `at` and never lets an id be reused, not even across a reopen. */
+static void conf_stream(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_stream_seen ss = {0};
+
+    conf_begin(c);
+    int64_t id1 = conf_stream_append(c, "t1", "mandate.created", 100, "{\"n\":1}");
+    int64_t id2 = conf_stream_append(c, "t2", "session.created", 100, "{\"n\":2}");
+    int64_t id3 =
+        conf_stream_append(c, "t1", "mandate.revoked", 200, "{\"n\":3,\"r\":\"\xc3\xa9\"}");
+    int64_t id4 = conf_stream_append(c, "t1", "session.inert", 300, "{\"n\":4}");
+    assert_true(id1 < id2 && id2 < id3 && id3 < id4);
+    /* The writer sees its own entries. */
+    assert_int_equal(conf_stream_last(c, c->w), id4);
+    conf_expect_stream(c, c->w, "t1", 0, 100, (int64_t[]){id1, id3, id4}, 3);
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    assert_int_equal(conf_stream_last(c, r), id4);
+    conf_ok(c->m->stream_list(r, "t1", 0, 100, conf_stream_cb, &ss));
+    assert_int_equal(ss.n, 3);
+    assert_int_equal(ss.id[0], id1);
+    assert_string_equal(ss.type[0], "mandate.created");
+    assert_int_equal(ss.at[0], 100);
+    assert_string_equal(ss.data[0], "{\"n\":1}");
+    assert_int_equal(ss.data_len[0], 7);
+    assert_string_equal(ss.type[1], "mandate.revoked");
+    assert_int_equal(ss.at[1], 200);
+    assert_string_equal(ss.data[1], "{\"n\":3,\"r\":\"\xc3\xa9\"}");
+    assert_string_equal(ss.type[2], "session.inert");
+    conf_stream_clear(&ss);
+
+    conf_expect_stream(c, r, "t1", id1, 100, (int64_t[]){id3, id4}, 2);
+    conf_expect_stream(c, r, "t1", id2, 100, (int64_t[]){id3, id4}, 2);
+    conf_expect_stream(c, r, "t1", 0, 2, (int64_t[]){id1, id3}, 2);
+    conf_expect_stream(c, r, "t1", id3, 1, (int64_t[]){id4}, 1);
+    conf_expect_stream(c, r, "t1", id4, 100, NULL, 0);
+    conf_expect_stream(c, r, "t2", 0, 100, (int64_t[]){id2}, 1);
+    conf_expect_stream(c, r, "t2", id2, 100, NULL, 0);
+    conf_expect_stream(c, r, "t3", 0, 100, NULL, 0);
+    ss.stop_after = 1;
+    conf_ok(c->m->stream_list(r, "t1", 0, 100, conf_stream_cb, &ss));
+    assert_int_equal(ss.n, 1);
+    conf_stream_clear(&ss);
+
+    /* Trim deletes entries with at < before (of every tenant); at == before stays. */
+    conf_begin(c);
+    conf_ok(c->m->stream_trim(c->w, 200));
+    conf_commit(c);
+    conf_expect_stream(c, r, "t1", 0, 100, (int64_t[]){id3, id4}, 2);
+    conf_expect_stream(c, r, "t2", 0, 100, NULL, 0);
+    assert_int_equal(conf_stream_last(c, r), id4);
+    conf_begin(c);
+    conf_ok(c->m->stream_trim(c->w, 200)); /* nothing left to trim */
+    /* Ids follow append order, not `at`. */
+    int64_t id5 = conf_stream_append(c, "t1", "mandate.amended", 50, "{\"n\":5}");
+    assert_true(id5 > id4);
+    conf_commit(c);
+    conf_expect_stream(c, r, "t1", 0, 100, (int64_t[]){id3, id4, id5}, 3);
+
+    /* Trimming everything, the newest id included, never lets an id come back. */
+    conf_begin(c);
+    conf_ok(c->m->stream_trim(c->w, INT64_MAX));
+    conf_commit(c);
+    conf_expect_stream(c, r, "t1", 0, 100, NULL, 0);
+    conf_begin(c);
+    int64_t id6 = conf_stream_append(c, "t1", "mandate.created", 400, "{\"n\":6}");
+    conf_commit(c);
+    assert_true(id6 > id5);
+    conf_expect_stream(c, r, "t1", 0, 100, (int64_t[]){id6}, 1);
+    assert_int_equal(conf_stream_last(c, r), id6);
+
+    conf_begin(c);
+    conf_ok(c->m->stream_trim(c->w, INT64_MAX));
+    conf_commit(c);
+    conf_ok(c->m->sync(c->w));
+    c->m->close(c->r[0]);
+    c->r[0] = NULL;
+    conf_reopen_writer(c);
+    conf_begin(c);
+    int64_t id7 = conf_stream_append(c, "t1", "mandate.created", 500, "{\"n\":7}");
+    conf_commit(c);
+    assert_true(id7 > id6);
+    r = conf_reader(c, 0);
+    conf_expect_stream(c, r, "t1", 0, 100, (int64_t[]){id7}, 1);
+    assert_int_equal(conf_stream_last(c, r), id7);
+}
+
+/* Audit: records of a tenant in id order, all of them or those whose lineage starts
+ * with a prefix (a subtree: "A/" holds "A/" and "A/B/", never "AB/" or "A0/"), paged
+ * by after and limit. The prefix is bytes: no wildcard ('_', '%'), case matters. */
+static void conf_audit(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_audit_seen as = {0};
+
+    conf_begin(c);
+    conf_audit_append(c, "t1", 1, "check", "A", "A/");
+    conf_audit_append(c, "t1", 2, "mandate.created", "B", "A/B/");
+    conf_audit_append(c, "t1", 3, "check", "AB", "AB/");
+    conf_audit_append(c, "t1", 4, "check", "A0", "A0/");
+    conf_audit_append(c, "t2", 5, "check", "A", "A/");
+    conf_audit_append(c, "t1", 6, "check", "", ""); /* a check of an unknown mandate */
+    conf_audit_append(c, "t1", 7, "mandate.revoked", "C", "A/B/C/");
+    conf_audit_append(c, "t1", 8, "check", "A.", "A./");
+    conf_audit_append(c, "t1", 9, "check", "A", "A/");
+    conf_audit_append(c, "t1", 10, "check", "mdtX1", "mdtX1/");
+    conf_audit_append(c, "t1", 11, "check", "mdt_1", "mdt_1/");
+    conf_audit_append(c, "t1", 12, "check", "a", "a/");
+    conf_audit_append(c, "t1", 13, "check", "m%", "m%/");
+    /* The writer sees its own records. */
+    conf_audit_list(c, c->w, &as, "t1", "A/", 0, 100);
+    conf_expect_audit(&as, (int[]){1, 2, 7, 9}, 4);
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_audit_list(c, r, &as, "t1", NULL, 0, 100);
+    conf_expect_audit(&as, (int[]){1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13}, 12);
+    assert_string_equal(as.tenant[1], "t1");
+    assert_string_equal(as.kind[1], "mandate.created");
+    assert_string_equal(as.mandate[1], "B");
+    assert_string_equal(as.lineage[1], "A/B/");
+    assert_string_equal(as.mandate[4], "");
+    assert_string_equal(as.lineage[4], "");
+    assert_string_equal(as.kind[5], "mandate.revoked");
+    int64_t ids[9];
+    for (int i = 0; i < 8; i++)
+        ids[i] = as.id[i];
+
+    const struct {
+        const char *tenant, *prefix;
+        int ns[4];
+        int n;
+    } cases[] = {
+        {"t1", "A/", {1, 2, 7, 9}, 4}, {"t1", "A/B/", {2, 7}, 2}, {"t1", "A/B/C/", {7}, 1},
+        {"t1", "AB/", {3}, 1},         {"t1", "A0/", {4}, 1},     {"t1", "A./", {8}, 1},
+        {"t2", "A/", {5}, 1},          {"t2", "A/B/", {0}, 0},    {"t1", "Z/", {0}, 0},
+        {"t3", NULL, {0}, 0},          {"t1", "mdt_1/", {11}, 1}, {"t1", "mdtX1/", {10}, 1},
+        {"t1", "a/", {12}, 1},         {"t1", "m%/", {13}, 1},    {"t1", "mdt", {10, 11}, 2},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        conf_audit_list(c, r, &as, cases[i].tenant, cases[i].prefix, 0, 100);
+        conf_expect_audit(&as, cases[i].ns, cases[i].n);
+    }
+
+    /* Paging: after is an id (exclusive), limit caps the page; with and without a prefix. */
+    conf_audit_list(c, r, &as, "t1", "A/", ids[0], 100);
+    conf_expect_audit(&as, (int[]){2, 7, 9}, 3);
+    conf_audit_list(c, r, &as, "t1", "A/", 0, 1);
+    conf_expect_audit(&as, (int[]){1}, 1);
+    conf_audit_list(c, r, &as, "t1", "A/", ids[1], 1);
+    conf_expect_audit(&as, (int[]){7}, 1);
+    conf_audit_list(c, r, &as, "t1", "A/", ids[7], 100);
+    conf_expect_audit(&as, NULL, 0);
+    conf_audit_list(c, r, &as, "t1", NULL, ids[2], 2);
+    conf_expect_audit(&as, (int[]){4, 6}, 2);
+    conf_audit_list(c, r, &as, "t1", NULL, ids[7], 100);
+    conf_expect_audit(&as, (int[]){10, 11, 12, 13}, 4);
+
+    /* A callback returning non-zero stops the scan. */
+    conf_audit_clear(&as);
+    as.stop_after = 2;
+    conf_ok(c->m->audit_list(r, "t1", NULL, 0, 100, conf_audit_cb, &as));
+    assert_int_equal(as.n, 2);
+    conf_audit_clear(&as);
+}
+
+/* Every version-2 write is undone by release(keep=false) with the rest of its
+ * savepoint, and kept by release(keep=true): a failing request of a group commit
+ * leaves no mandate, spending, stream entry or audit record behind. */
+static void conf_v2_savepoint_undo(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_mandates_seen ms = {0};
+    conf_sessions cs = {0};
+    conf_audit_seen as = {0};
+
+    conf_begin(c);
+    conf_mandate_put(c, "mdt_a", "t1", "{\"v\":1}", 0, 0, 0);
+    int64_t first = conf_stream_append(c, "t1", "mandate.created", 1, "{\"n\":0}");
+    conf_commit(c);
+
+    conf_begin(c);
+    conf_ok(c->m->savepoint(c->w)); /* a request that fails */
+    conf_mandate_put(c, "mdt_x", "t1", "{\"v\":1}", 0, 0, 0);
+    conf_mandate_put(c, "mdt_a", "t1", "{\"v\":2}", 0, 0, 0);
+    conf_ok(c->m->mandate_spend(c->w, "mdt_a", 5, 0.5, 5));
+    conf_stream_append(c, "t1", "mandate.narrowed", 2, "{\"n\":1}");
+    conf_audit_append(c, "t1", 1, "mandate.narrowed", "mdt_a", "mdt_a/");
+    conf_insert(c, "t1", 1, "u", "mdt_a", CH_SESSION_OPEN, 1);
+    conf_ok(c->m->release(c->w, false));
+
+    conf_ok(c->m->savepoint(c->w)); /* a request that succeeds */
+    conf_ok(c->m->mandate_spend(c->w, "mdt_a", 1, 0.25, 1));
+    int64_t kept = conf_stream_append(c, "t1", "mandate.suspended", 3, "{\"n\":2}");
+    conf_audit_append(c, "t1", 2, "mandate.suspended", "mdt_a", "mdt_a/");
+    conf_ok(c->m->release(c->w, true));
+
+    conf_ok(c->m->savepoint(c->w)); /* nested: the inner one undone, the outer kept */
+    conf_ok(c->m->savepoint(c->w));
+    conf_stream_append(c, "t1", "mandate.revoked", 4, "{\"n\":3}");
+    conf_ok(c->m->mandate_spend(c->w, "mdt_a", 100, 100, 100));
+    conf_ok(c->m->release(c->w, false));
+    conf_audit_append(c, "t1", 3, "check", "mdt_a", "mdt_a/");
+    conf_ok(c->m->release(c->w, true));
+    conf_commit(c);
+
+    ch_store *r = conf_reader(c, 0);
+    conf_load(c, r, &ms);
+    assert_int_equal(ms.n, 1);
+    conf_expect_mandate(&ms, 0, "mdt_a", "t1", "{\"v\":1}", 1, 0.25, 1);
+    conf_mandates_clear(&ms);
+    conf_expect_stream(c, r, "t1", 0, 100, (int64_t[]){first, kept}, 2);
+    assert_int_equal(conf_stream_last(c, r), kept);
+    conf_audit_list(c, r, &as, "t1", NULL, 0, 100);
+    conf_expect_audit(&as, (int[]){2, 3}, 2);
+    conf_audit_clear(&as);
+    conf_ok(c->m->session_by_mandate(r, "t1", "mdt_a", conf_session_cb, &cs));
+    assert_int_equal(cs.calls, 0);
+
+    /* rollback() discards every version-2 write of the transaction. */
+    conf_begin(c);
+    conf_mandate_put(c, "mdt_y", "t1", "{}", 0, 0, 0);
+    conf_ok(c->m->mandate_spend(c->w, "mdt_a", 7, 7, 7));
+    conf_stream_append(c, "t1", "mandate.created", 5, "{}");
+    conf_audit_append(c, "t1", 4, "check", "mdt_a", "mdt_a/");
+    conf_ok(c->m->rollback(c->w));
+    conf_load(c, r, &ms);
+    assert_int_equal(ms.n, 1);
+    conf_expect_mandate(&ms, 0, "mdt_a", "t1", "{\"v\":1}", 1, 0.25, 1);
+    conf_mandates_clear(&ms);
+    conf_expect_stream(c, r, "t1", 0, 100, (int64_t[]){first, kept}, 2);
+    conf_audit_list(c, r, &as, "t1", NULL, 0, 100);
+    conf_expect_audit(&as, (int[]){2, 3}, 2);
+    conf_audit_clear(&as);
+}
+
+/* Committed and synced version-2 data survives closing every connection, and a
+ * reader sees nothing of an open transaction. */
+static void conf_v2_durable(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_mandates_seen ms = {0};
+    conf_audit_seen as = {0};
+    conf_sessions cs = {0};
+
+    ch_store *r0 = conf_reader(c, 0);
+    conf_begin(c);
+    conf_mandate_put(c, "mdt_a", "t1", "{\"v\":1}", 0, 0, 0);
+    conf_ok(c->m->mandate_spend(c->w, "mdt_a", 3, 1.5, 2));
+    conf_insert(c, "t1", 1, "u", "mdt_a", CH_SESSION_ACTIVE, 1);
+    int64_t id = conf_stream_append(c, "t1", "mandate.created", 1, "{\"n\":1}");
+    conf_audit_append(c, "t1", 1, "mandate.created", "mdt_a", "mdt_a/");
+    /* Not visible to a reader before the commit. */
+    conf_load(c, r0, &ms);
+    assert_int_equal(ms.n, 0);
+    conf_expect_stream(c, r0, "t1", 0, 100, NULL, 0);
+    assert_int_equal(conf_stream_last(c, r0), 0);
+    conf_audit_list(c, r0, &as, "t1", NULL, 0, 100);
+    assert_int_equal(as.n, 0);
+    conf_ok(c->m->session_by_mandate(r0, "t1", "mdt_a", conf_session_cb, &cs));
+    assert_int_equal(cs.calls, 0);
+    conf_commit(c);
+    conf_ok(c->m->sync(c->w));
+
+    c->m->close(c->r[0]);
+    c->r[0] = NULL;
+    conf_reopen_writer(c);
+    ch_store *r = conf_reader(c, 0);
+    conf_load(c, r, &ms);
+    assert_int_equal(ms.n, 1);
+    conf_expect_mandate(&ms, 0, "mdt_a", "t1", "{\"v\":1}", 3, 1.5, 2);
+    conf_mandates_clear(&ms);
+    conf_expect_stream(c, r, "t1", 0, 100, (int64_t[]){id}, 1);
+    assert_int_equal(conf_stream_last(c, r), id);
+    assert_int_equal(conf_stream_last(c, c->w), id);
+    conf_audit_list(c, r, &as, "t1", "mdt_a/", 0, 100);
+    conf_expect_audit(&as, (int[]){1}, 1);
+    conf_audit_clear(&as);
+    conf_ok(c->m->session_by_mandate(r, "t1", "mdt_a", conf_session_cb, &cs));
+    conf_expect_ids(&cs, (int[]){1}, 1);
+    conf_sessions_clear(&cs);
+}
+
 /* ---- entry point ----------------------------------------------------------------- */
 
 #define CONF_TEST(f) cmocka_unit_test_prestate_setup_teardown(f, conf_setup, conf_teardown, &ctx)
@@ -1555,6 +2299,14 @@ __attribute__((unused)) static int ch_store_conformance_run(const ch_store_metho
         CONF_TEST(conf_session_delete),
         CONF_TEST(conf_facts),
         CONF_TEST(conf_facts_large),
+        /* version 2 */
+        CONF_TEST(conf_v2_empty),
+        CONF_TEST(conf_session_by_mandate),
+        CONF_TEST(conf_mandates),
+        CONF_TEST(conf_stream),
+        CONF_TEST(conf_audit),
+        CONF_TEST(conf_v2_savepoint_undo),
+        CONF_TEST(conf_v2_durable),
     };
     char group[64];
     snprintf(group, sizeof(group), "store_conformance(%s)", m->name ? m->name : "?");
