@@ -394,6 +394,10 @@ typedef struct conf_mandates_seen {
     int64_t tokens[CONF_MAX];
     double cost_usd[CONF_MAX];
     int64_t tool_calls[CONF_MAX];
+    char state[CONF_MAX][16]; /* "" when the row has none */
+    char reason[CONF_MAX][64];
+    bool has_reason[CONF_MAX];
+    int64_t updated_at[CONF_MAX];
 } conf_mandates_seen;
 
 static int conf_mandate_cb(void *arg, const ch_mandate_row *m)
@@ -412,6 +416,10 @@ static int conf_mandate_cb(void *arg, const ch_mandate_row *m)
         ms->tokens[i] = m->spent_tokens;
         ms->cost_usd[i] = m->spent_cost_usd;
         ms->tool_calls[i] = m->spent_tool_calls;
+        snprintf(ms->state[i], sizeof(ms->state[i]), "%s", m->state ? m->state : "");
+        snprintf(ms->reason[i], sizeof(ms->reason[i]), "%s", m->reason ? m->reason : "");
+        ms->has_reason[i] = m->reason != NULL;
+        ms->updated_at[i] = m->state ? m->updated_at : 0;
         ms->n++;
     }
     return ms->stop_after > 0 && ms->n >= ms->stop_after;
@@ -693,6 +701,7 @@ static void conf_table_complete(void **state)
     assert_non_null(m->session_by_mandate);
     assert_non_null(m->mandate_put);
     assert_non_null(m->mandate_spend);
+    assert_non_null(m->mandate_set_state);
     assert_non_null(m->mandate_load);
     assert_non_null(m->stream_append);
     assert_non_null(m->stream_list);
@@ -1974,6 +1983,58 @@ static void conf_mandates(void **state)
     conf_mandates_clear(&ms);
 }
 
+/* mandate_set_state: a lifecycle change stored beside the doc, given back by
+ * mandate_load, cleared by the next mandate_put; undone with its savepoint; an unknown
+ * id is CH_NOT_FOUND. */
+static void conf_mandate_state(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    conf_mandates_seen ms = {0};
+
+    conf_begin(c);
+    conf_mandate_put(c, "mdt_s", "t1", "{\"v\":1}", 0, 0, 0);
+    conf_mandate_put(c, "mdt_t", "t1", "{\"v\":1}", 0, 0, 0);
+    conf_commit(c);
+    ch_store *r = conf_reader(c, 0);
+    conf_load(c, r, &ms);
+    assert_string_equal(ms.state[0], ""); /* none stored yet: the doc's */
+
+    conf_begin(c);
+    conf_ok(c->m->mandate_set_state(c->w, "mdt_s", "suspended", "audit", 1234));
+    conf_ok(c->m->mandate_set_state(c->w, "mdt_t", "revoked", NULL, 99));
+    conf_status(c->m->mandate_set_state(c->w, "mdt_x", "revoked", NULL, 1), CH_NOT_FOUND);
+    conf_commit(c);
+    conf_load(c, r, &ms);
+    assert_int_equal(ms.n, 2);
+    assert_string_equal(ms.state[0], "suspended");
+    assert_true(ms.has_reason[0]);
+    assert_string_equal(ms.reason[0], "audit");
+    assert_int_equal(ms.updated_at[0], 1234);
+    assert_string_equal(ms.doc[0], "{\"v\":1}"); /* the doc is untouched */
+    assert_string_equal(ms.state[1], "revoked");
+    assert_false(ms.has_reason[1]);
+    assert_int_equal(ms.updated_at[1], 99);
+
+    /* Undone with its savepoint. */
+    conf_begin(c);
+    conf_ok(c->m->savepoint(c->w));
+    conf_ok(c->m->mandate_set_state(c->w, "mdt_s", "active", NULL, 5));
+    conf_ok(c->m->release(c->w, false));
+    conf_commit(c);
+    conf_load(c, r, &ms);
+    assert_string_equal(ms.state[0], "suspended");
+
+    /* A put (the doc now holds the state) clears it. */
+    conf_begin(c);
+    conf_mandate_put(c, "mdt_s", "t1", "{\"v\":2}", 0, 0, 0);
+    conf_commit(c);
+    conf_load(c, r, &ms);
+    assert_string_equal(ms.state[0], "");
+    assert_string_equal(ms.doc[0], "{\"v\":2}");
+    assert_string_equal(ms.state[1], "revoked");
+    conf_mandates_clear(&ms);
+}
+
 /* The event stream: ids strictly increase in append order across tenants; listing is
  * per tenant, after an id, limited; stream_last is the highest id; trimming deletes by
  * `at` and never lets an id be reused, not even across a reopen. */
@@ -2303,6 +2364,7 @@ __attribute__((unused)) static int ch_store_conformance_run(const ch_store_metho
         CONF_TEST(conf_v2_empty),
         CONF_TEST(conf_session_by_mandate),
         CONF_TEST(conf_mandates),
+        CONF_TEST(conf_mandate_state),
         CONF_TEST(conf_stream),
         CONF_TEST(conf_audit),
         CONF_TEST(conf_v2_savepoint_undo),

@@ -417,23 +417,28 @@ static ch_status amended(ch__mstate *st, int64_t now)
     return ch__mstate_hash(st);
 }
 
-/* Clips m's live descendants to m's (new) scope and deadline. A descendant already
- * inside them needs nothing, and neither do its own descendants (they are inside it). */
-static ch_status clip_descendants(ch_db *db, ch_store *w, ch__mandate *m, const ch__mandate *cause,
-                                  int64_t now, ch_err *e)
+/* Clips the live mandates below m to bound (a scope) and deadline. A live descendant
+ * already inside them needs nothing, and neither do the mandates below it (they are
+ * inside it); a final one is left as it is, but the live mandates below it are clipped
+ * too. */
+static ch_status clip_below(ch_db *db, ch_store *w, ch__mandate *m, const ch__scope *bound,
+                            int64_t deadline, const ch__mandate *cause, int64_t now, ch_err *e)
 {
-    const ch__mstate *bound = ch__mview(m);
     for (uint32_t i = 0; i < m->nkids; i++) {
         ch__mandate *k = m->kids[i];
         const ch__mstate *kv = ch__mview(k);
-        if (CH__M_FINAL(kv->state))
+        ch_status rc;
+        if (CH__M_FINAL(kv->state)) {
+            if ((rc = clip_below(db, w, k, bound, deadline, cause, now, e)) != CH_OK)
+                return rc;
             continue;
+        }
         ch__scope clipped = {0};
         bool changed = false;
-        ch_status rc = ch__scope_copy(&kv->scope, &clipped);
+        rc = ch__scope_copy(&kv->scope, &clipped);
         if (rc == CH_OK)
-            rc = ch__scope_clip(&clipped, &bound->scope, &changed);
-        bool later = kv->expires_at > bound->expires_at;
+            rc = ch__scope_clip(&clipped, bound, &changed);
+        bool later = kv->expires_at > deadline;
         if (rc != CH_OK || (!changed && !later)) {
             ch__scope_free(&clipped);
             if (rc == CH_INVALID_VALUE)
@@ -453,7 +458,7 @@ static ch_status clip_descendants(ch_db *db, ch_store *w, ch__mandate *m, const 
         ch__scope_free(&st->scope);
         st->scope = clipped;
         if (later)
-            st->expires_at = bound->expires_at;
+            st->expires_at = deadline;
         if ((rc = amended(st, now)) != CH_OK || (rc = persist(db, w, k)) != CH_OK)
             return rc;
         char exp[32];
@@ -467,7 +472,8 @@ static ch_status clip_descendants(ch_db *db, ch_store *w, ch__mandate *m, const 
                                 json_pack("{s:I, s:s, s:s}", "version", (json_int_t)st->version,
                                           "expires_at", exp, "cause", cause->id),
                                 now);
-        if (rc != CH_OK || (rc = clip_descendants(db, w, k, cause, now, e)) != CH_OK)
+        if (rc != CH_OK ||
+            (rc = clip_below(db, w, k, &st->scope, st->expires_at, cause, now, e)) != CH_OK)
             return rc;
     }
     return CH_OK;
@@ -554,7 +560,7 @@ static ch_status patch_exec(ch_db *db, ch_store *w, ch_req *req)
                                             "expires_at", expbuf, "cause", m->id),
                                   now);
     if (rc == CH_OK)
-        rc = clip_descendants(db, w, m, m, now, e);
+        rc = clip_below(db, w, m, &st->scope, st->expires_at, m, now, e);
     if (rc == CH_OK && (req->result = ch__mandate_json(m, st, &m->spent_next)) == NULL)
         rc = CH_NOMEM;
 out:

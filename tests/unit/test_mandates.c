@@ -1573,6 +1573,26 @@ static void test_patch_narrow_and_clip(void **state)
                         "class_out_of_scope");
 }
 
+/* A final mandate in the middle of a tree is left as it is, but the live mandates below
+ * it are still clipped: narrowing reaches every live descendant. */
+static void test_patch_clips_below_final(void **state)
+{
+    fixture *f = *state;
+    char r[CH_ID_MAX], c[CH_ID_MAX], g[CH_ID_MAX];
+    json_decref(mk_root(f->db, TENANT, "{\"max_depth\":2}", r));
+    json_decref(mk_child(f->db, TENANT, r, "c", NULL, c));
+    json_decref(mk_child(f->db, TENANT, c, "g", NULL, g));
+    json_decref(must(f->db, CH_OP_MANDATE_COMPLETE, TENANT, c, NULL));
+    json_decref(must(f->db, CH_OP_MANDATE_PATCH, TENANT, r, "{\"scope\":{\"tools\":[\"git\"]}}"));
+    assert_int_equal(mversion(f->db, TENANT, c), 1); /* completed: untouched */
+    assert_int_equal(mversion(f->db, TENANT, g), 2);
+    json_t *m = mget(f->db, TENANT, g);
+    json_t *tools = json_object_get(json_object_get(m, "scope"), "tools");
+    assert_int_equal(json_array_size(tools), 1);
+    assert_string_equal(json_string_value(json_array_get(tools, 0)), "git");
+    json_decref(m);
+}
+
 static void test_patch_no_change_and_conditions(void **state)
 {
     fixture *f = *state;
@@ -3340,6 +3360,7 @@ int main(void)
         T(test_cascade_wide),
         T(test_cascade_suspend_complete),
         T(test_patch_narrow_and_clip),
+        T(test_patch_clips_below_final),
         T(test_patch_no_change_and_conditions),
         T(test_patch_expires),
         T(test_check_reasons),
