@@ -503,31 +503,12 @@ static ch_status check_request(ch_db *db, const char *tenant, const json_t *body
     return CH_OK;
 }
 
-ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_t **out,
-                        ch_err *e)
-{
-    ch_decision d;
-    const char *mandate;
-    json_t *claims;
-    ch_status rc = check_request(db, tenant, body, &d, &mandate, &claims, e);
-    if (rc != CH_OK)
-        return rc;
-    char at[32];
-    ch_time_format(d.checked_at, at);
-    *out = json_pack("{s:b, s:s, s:s?, s:o, s:s, s:s}", "allow", d.allow, "reason", d.reason,
-                     "mandate", mandate, "mandate_version",
-                     d.mandate_version ? json_integer(d.mandate_version) : json_null(),
-                     "decision_id", d.decision_id, "checked_at", at);
-    json_decref(claims);
-    return *out ? CH_OK : ch_err_set(e, CH_NOMEM, NULL, NULL);
-}
-
 ch_status ch_check_text(ch_db *db, const char *tenant, const json_t *body, ch_buf *out,
                         ch_err *e)
 {
     ch_decision d;
-    const char *mandate;
-    json_t *claims;
+    const char *mandate = NULL;
+    json_t *claims = NULL;
     ch_status rc = check_request(db, tenant, body, &d, &mandate, &claims, e);
     if (rc != CH_OK)
         return rc;
@@ -543,6 +524,17 @@ ch_status ch_check_text(ch_db *db, const char *tenant, const json_t *body, ch_bu
     ch_buf_printf(out, ",\"decision_id\":\"%s\",\"checked_at\":\"%s\"}", d.decision_id, at);
     json_decref(claims);
     return out->data ? CH_OK : ch_err_set(e, CH_NOMEM, NULL, NULL);
+}
+
+ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_t **out,
+                        ch_err *e)
+{
+    ch_buf text = {0};
+    ch_status rc = ch_check_text(db, tenant, body, &text, e);
+    if (rc == CH_OK && (*out = json_loadb(text.data, text.len, 0, NULL)) == NULL)
+        rc = ch_err_set(e, CH_NOMEM, NULL, NULL);
+    ch_buf_free(&text);
+    return rc;
 }
 
 /* ---- the audit trail ------------------------------------------------------------ */

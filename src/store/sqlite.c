@@ -557,19 +557,24 @@ static ch_status s_key_get(ch_store *b, const uint8_t hash[32], char tenant[CH_T
     return rc;
 }
 
-static ch_status s_key_count(ch_store *b, int64_t *n)
+/* Runs a statement without parameters that returns one integer. */
+static ch_status scalar(sqlite_store *s, enum stmt_id id, const char *what, int64_t *out)
 {
-    sqlite_store *s = (sqlite_store *)b;
-    sqlite3_stmt *st = stmt(s, S_KEY_COUNT);
+    sqlite3_stmt *st = stmt(s, id);
     ch_status rc = CH_OK;
     if (st == NULL)
         return CH_IO;
     if (sqlite3_step(st) == SQLITE_ROW)
-        *n = sqlite3_column_int64(st, 0);
+        *out = sqlite3_column_int64(st, 0);
     else
-        rc = io_error(s, "key_count");
+        rc = io_error(s, what);
     done(st);
     return rc;
+}
+
+static ch_status s_key_count(ch_store *b, int64_t *n)
+{
+    return scalar((sqlite_store *)b, S_KEY_COUNT, "key_count", n);
 }
 
 static void bind_session(sqlite3_stmt *st, const ch_session_rec *r)
@@ -1018,17 +1023,7 @@ static ch_status s_stream_list(ch_store *b, const char *tenant, int64_t after, i
 
 static ch_status s_stream_last(ch_store *b, int64_t *id)
 {
-    sqlite_store *s = (sqlite_store *)b;
-    sqlite3_stmt *st = stmt(s, S_STREAM_LAST);
-    ch_status rc = CH_OK;
-    if (st == NULL)
-        return CH_IO;
-    if (sqlite3_step(st) == SQLITE_ROW)
-        *id = sqlite3_column_int64(st, 0);
-    else
-        rc = io_error(s, "stream_last");
-    done(st);
-    return rc;
+    return scalar((sqlite_store *)b, S_STREAM_LAST, "stream_last", id);
 }
 
 static ch_status s_stream_trim(ch_store *b, int64_t before)
