@@ -3,6 +3,7 @@
  * they appear in charter.yaml, flags and the environment.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,20 +27,37 @@ uint64_t ch_mono_ns(void)
 
 void ch_time_format(int64_t ms, char out[32])
 {
-    time_t secs = (time_t)(ms / 1000);
+    /* Replies carry the time of each request: the date and time of day change once a
+     * second, so each thread keeps the last second's text and only writes the
+     * milliseconds. */
+    static __thread int64_t cached_secs = INT64_MIN;
+    static __thread char cached[24]; /* "YYYY-MM-DDTHH:MM:SS" */
+    int64_t secs = ms / 1000;
     int frac = (int)(ms % 1000);
-    struct tm tm;
     if (frac < 0) {
         frac += 1000;
         secs -= 1;
     }
-    gmtime_r(&secs, &tm);
-    /* Years are clamped to four digits so the text always fits. */
-    int year = tm.tm_year + 1900;
-    year = year < 0 ? 0 : year > 9999 ? 9999 : year;
-    snprintf(out, 32, "%04d-%02u-%02uT%02u:%02u:%02u.%03uZ", year, (unsigned)(tm.tm_mon + 1) % 100,
-             (unsigned)tm.tm_mday % 100, (unsigned)tm.tm_hour % 100, (unsigned)tm.tm_min % 100,
-             (unsigned)tm.tm_sec % 100, (unsigned)frac % 1000);
+    if (secs != cached_secs) {
+        time_t t = (time_t)secs;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        /* Years are clamped to four digits so the text always fits. */
+        int year = tm.tm_year + 1900;
+        year = year < 0 ? 0 : year > 9999 ? 9999 : year;
+        snprintf(cached, sizeof(cached), "%04d-%02u-%02uT%02u:%02u:%02u", year,
+                 (unsigned)(tm.tm_mon + 1) % 100, (unsigned)tm.tm_mday % 100,
+                 (unsigned)tm.tm_hour % 100, (unsigned)tm.tm_min % 100,
+                 (unsigned)tm.tm_sec % 100);
+        cached_secs = secs;
+    }
+    memcpy(out, cached, 19);
+    out[19] = '.';
+    out[20] = (char)('0' + frac / 100);
+    out[21] = (char)('0' + frac / 10 % 10);
+    out[22] = (char)('0' + frac % 10);
+    out[23] = 'Z';
+    out[24] = '\0';
 }
 
 /* Parses a non-negative decimal number and returns where its digits end. */

@@ -514,14 +514,23 @@ ch_status ch_check_text(ch_db *db, const char *tenant, const json_t *body, ch_bu
         return rc;
     char at[32];
     ch_time_format(d.checked_at, at);
-    ch_buf_printf(out, "{\"allow\":%s,\"reason\":\"%s\",\"mandate\":",
-                  d.allow ? "true" : "false", d.reason);
+    /* Built piece by piece: this is every check's reply. */
+    if (d.allow)
+        put_lit(out, "{\"allow\":true,\"reason\":\"");
+    else
+        put_lit(out, "{\"allow\":false,\"reason\":\"");
+    ch_buf_append(out, d.reason, strlen(d.reason));
+    put_lit(out, "\",\"mandate\":");
     put_str(out, mandate);
     if (d.mandate_version)
         ch_buf_printf(out, ",\"mandate_version\":%lld", (long long)d.mandate_version);
     else
         put_lit(out, ",\"mandate_version\":null");
-    ch_buf_printf(out, ",\"decision_id\":\"%s\",\"checked_at\":\"%s\"}", d.decision_id, at);
+    put_lit(out, ",\"decision_id\":\"");
+    ch_buf_append(out, d.decision_id, strlen(d.decision_id));
+    put_lit(out, "\",\"checked_at\":\"");
+    ch_buf_append(out, at, strlen(at));
+    put_lit(out, "\"}");
     json_decref(claims);
     return out->data ? CH_OK : ch_err_set(e, CH_NOMEM, NULL, NULL);
 }
