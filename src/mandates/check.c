@@ -393,7 +393,7 @@ static void check(ch_db *db, const char *tenant, const char *mandate, const char
     } else {
         lineage = m->lineage;
         out->mandate_version = st->version;
-        int eff = ch__mandate_effective(st, now);
+        int eff = ch__mandate_effective(m, now, false);
         if (want_version > 0 && want_version != st->version)
             out->reason = "artifact_stale";
         else if (eff != CH__M_ACTIVE)

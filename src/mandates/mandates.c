@@ -14,6 +14,7 @@
 #include "mandates/mandates.h"
 
 #define MAX_DEPTH 16
+#define put_lit(b, lit) ch_buf_append((b), (lit), sizeof(lit) - 1)
 #define EVIDENCE_MAX (64 * 1024)
 #define PURPOSE_MAX 4096
 #define REASON_MAX 1024
@@ -280,7 +281,7 @@ static ch_status finish_insert(ch_db *db, ch_store *w, ch_req *req, ch__mandate 
                                 "version", (json_int_t)st->version, "parent",
                                 str_or_null(parent ? parent->id : NULL)),
                       now);
-    if (rc == CH_OK && (req->result = ch__mandate_json(m, st, &m->spent_next)) == NULL)
+    if (rc == CH_OK && (req->result = ch__mandate_json(m, true, &m->spent_next)) == NULL)
         rc = CH_NOMEM;
     return rc;
 }
@@ -306,11 +307,11 @@ static ch_status inactive(ch_err *e, const ch__mandate *m, int eff, const char *
 /* Does m hold now in the writer's view? CH_OK or CH_MANDATE_INACTIVE in e. */
 static ch_status holds(const ch__mandate *m, int64_t now, ch_err *e)
 {
-    int eff = ch__mandate_effective(ch__mview(m), now);
+    int eff = ch__mandate_effective(m, now, true);
     if (eff != CH__M_ACTIVE)
         return inactive(e, m, eff, eff == CH__M_PROPOSED ? "is not approved yet" : "is not active");
     for (const ch__mandate *a = m->parent; a != NULL; a = a->parent) {
-        int aeff = ch__mandate_effective(ch__mview(a), now);
+        int aeff = ch__mandate_effective(a, now, true);
         if (aeff != CH__M_ACTIVE) {
             ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s has an ancestor, %s, that is %s",
                        m->id, a->id, ch__mandate_state_name(aeff));
@@ -428,6 +429,8 @@ static ch_status clip_below(ch_db *db, ch_store *w, ch__mandate *m, const ch__sc
         ch__mandate *k = m->kids[i];
         const ch__mstate *kv = ch__mview(k);
         ch_status rc;
+        if (kv->state == CH__M_REVOKED || kv->state == CH__M_EXPIRED)
+            continue; /* it and everything below it are final */
         if (CH__M_FINAL(kv->state)) {
             if ((rc = clip_below(db, w, k, bound, deadline, cause, now, e)) != CH_OK)
                 return rc;
@@ -487,7 +490,7 @@ static ch_status patch_exec(ch_db *db, ch_store *w, ch_req *req)
     if (m == NULL)
         return ch_err_set(e, CH_NOT_FOUND, NULL, "no such mandate");
     const ch__mstate *v = ch__mview(m);
-    int eff = ch__mandate_effective(v, now);
+    int eff = ch__mandate_effective(m, now, true);
     if (CH__M_FINAL(eff)) {
         ch_err_set(e, CH_INVALID_TRANSITION, NULL, "a %s mandate cannot be amended",
                    ch__mandate_state_name(eff));
@@ -561,7 +564,7 @@ static ch_status patch_exec(ch_db *db, ch_store *w, ch_req *req)
                                   now);
     if (rc == CH_OK)
         rc = clip_below(db, w, m, &st->scope, st->expires_at, m, now, e);
-    if (rc == CH_OK && (req->result = ch__mandate_json(m, st, &m->spent_next)) == NULL)
+    if (rc == CH_OK && (req->result = ch__mandate_json(m, true, &m->spent_next)) == NULL)
         rc = CH_NOMEM;
 out:
     ch__scope_free(&scope);
@@ -629,7 +632,8 @@ static ch_status transition_prepare(ch_db *db, ch_req *req)
 
 /* Moves m to state `to`, announcing it (event) with reason and cause. */
 static ch_status set_state(ch_db *db, ch_store *w, ch__mandate *m, int to, const char *event,
-                           const char *reason, const ch__mandate *cause, int64_t now)
+                           const char *reason, const ch__mandate *cause, ch__mandate *const *desc,
+                           size_t ndesc, int64_t now)
 {
     ch__mstate *st = ch__registry_edit(ch__db_registry(db), m);
     if (st == NULL)
@@ -660,10 +664,18 @@ static ch_status set_state(ch_db *db, ch_store *w, ch__mandate *m, int to, const
     ch_buf text = {0};
     ch_buf_printf(&text,
                   "{\"state\":\"%s\",\"version\":%lld,\"reason\":%s,\"cause\":\"%s\","
-                  "\"mandate\":\"%s\"}",
+                  "\"mandate\":\"%s\"",
                   ch__mandate_state_name(to), (long long)st->version,
                   reason_json ? reason_json : "null", cause->id, m->id);
     free(reason_json);
+    if (to == CH__M_REVOKED || to == CH__M_EXPIRED) {
+        /* Ids are base32: nothing to escape. */
+        put_lit(&text, ",\"descendants\":[");
+        for (size_t i = 0; i < ndesc; i++)
+            ch_buf_printf(&text, "%s\"%s\"", i ? "," : "", desc[i]->id);
+        put_lit(&text, "]");
+    }
+    put_lit(&text, "}");
     if (text.data == NULL)
         return CH_NOMEM;
     rc = ch__audit_write(w, m, event, text.data, now);
@@ -673,51 +685,74 @@ static ch_status set_state(ch_db *db, ch_store *w, ch__mandate *m, int to, const
     return rc;
 }
 
-/* Applies fn to m and every mandate below it, parents first. */
-static ch_status each_in_subtree(ch__mandate *m,
-                                 ch_status (*fn)(void *arg, ch__mandate *x), void *arg)
+/* The mandates of a subtree that are not final yet, parents first. */
+typedef struct live_list {
+    ch__mandate **v;
+    size_t n, cap;
+} live_list;
+
+static ch_status live_add(live_list *l, ch__mandate *m)
 {
-    ch_status rc = fn(arg, m);
-    for (uint32_t i = 0; rc == CH_OK && i < m->nkids; i++)
-        rc = each_in_subtree(m->kids[i], fn, arg);
-    return rc;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        ch__mandate **v = realloc(l->v, cap * sizeof(*v));
+        if (v == NULL)
+            return CH_NOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = m;
+    return CH_OK;
 }
 
-typedef struct cascade {
-    ch_db *db;
-    ch_store *w;
-    const ch__mandate *cause;
-    int to;              /* final state for descendants, or -1: sessions only */
-    const char *event;   /* for descendants */
-    const char *reason;  /* mandate reason */
-    const char *sreason; /* session lifecycle reason */
-    int64_t now;
-} cascade;
-
-static ch_status cascade_one(void *arg, ch__mandate *x)
+/* Collects m's descendants that are not final at now (writer's view). A completed
+ * mandate is final but does not cascade: the mandates below it are looked at too. */
+static ch_status collect_live(ch__mandate *m, int64_t now, live_list *l)
 {
-    cascade *c = arg;
-    ch_status rc = CH_OK;
-    /* A descendant that was already final stopped its sessions back then. */
-    if (x != c->cause && CH__M_FINAL(ch__mview(x)->state))
-        return CH_OK;
-    if (x != c->cause && c->to >= 0)
-        rc = set_state(c->db, c->w, x, c->to, c->event, c->reason, c->cause, c->now);
-    if (rc == CH_OK && x->bound)
-        rc = ch__sessions_inert(c->db, c->w, x->tenant, x->id, c->sreason, c->cause->id, c->now);
-    return rc;
+    for (uint32_t i = 0; i < m->nkids; i++) {
+        ch__mandate *k = m->kids[i];
+        int s = ch__mandate_effective(k, now, true);
+        ch_status rc = CH_OK;
+        if (!CH__M_FINAL(s))
+            rc = live_add(l, k);
+        if (rc == CH_OK && s != CH__M_REVOKED && s != CH__M_EXPIRED)
+            rc = collect_live(k, now, l);
+        if (rc != CH_OK)
+            return rc;
+    }
+    return CH_OK;
 }
 
-/* After m stopped holding: final states cascade to its live descendants (revoke,
- * expire), and the sessions of the whole subtree go inert. */
-static ch_status stop_subtree(ch_db *db, ch_store *w, ch__mandate *m, int to, const char *event,
+/* Moves m to `to` (a state in which it stops holding, or back to active), with its
+ * event. When it stops holding, the sessions bound to it and to its live descendants go
+ * inert. A revoke or an expiry reaches every live descendant at once: they are not
+ * written one by one (their state follows from m's, see ch__mandate_state_at), and the
+ * event of m lists them under "descendants". So a tree of any size is revoked with one
+ * record, one event and one audit entry. */
+static ch_status change_state(ch_db *db, ch_store *w, ch__mandate *m, int to, const char *event,
                               const char *reason, int64_t now)
 {
-    char sreason[48];
-    snprintf(sreason, sizeof(sreason), "mandate_%s", ch__mandate_state_name(to));
-    cascade c = {db,     w,      m,       to == CH__M_REVOKED || to == CH__M_EXPIRED ? to : -1,
-                 event,  reason, sreason, now};
-    return each_in_subtree(m, cascade_one, &c);
+    live_list live = {0};
+    ch_status rc = CH_OK;
+    bool stops = to != CH__M_ACTIVE;
+    bool cascades = to == CH__M_REVOKED || to == CH__M_EXPIRED;
+    if (stops)
+        rc = collect_live(m, now, &live);
+    if (rc == CH_OK)
+        rc = set_state(db, w, m, to, event, reason, m, cascades ? live.v : NULL,
+                       cascades ? live.n : 0, now);
+    if (rc == CH_OK && stops) {
+        char sreason[48];
+        snprintf(sreason, sizeof(sreason), "mandate_%s", ch__mandate_state_name(to));
+        if (m->bound)
+            rc = ch__sessions_inert(db, w, m->tenant, m->id, sreason, m->id, now);
+        for (size_t i = 0; rc == CH_OK && i < live.n; i++) {
+            if (live.v[i]->bound)
+                rc = ch__sessions_inert(db, w, m->tenant, live.v[i]->id, sreason, m->id, now);
+        }
+    }
+    free(live.v);
+    return rc;
 }
 
 static ch_status transition_exec(ch_db *db, ch_store *w, ch_req *req)
@@ -729,49 +764,61 @@ static ch_status transition_exec(ch_db *db, ch_store *w, ch_req *req)
     ch__mandate *m = ch__registry_find(ch__db_registry(db), req->tenant, req->id);
     if (m == NULL)
         return ch_err_set(e, CH_NOT_FOUND, NULL, "no such mandate");
-    int eff = ch__mandate_effective(ch__mview(m), now);
+    int eff = ch__mandate_effective(m, now, true);
     if (!(t->from & (1u << eff))) {
         ch_err_set(e, CH_INVALID_TRANSITION, NULL, "cannot %s a mandate that is %s", t->verb,
                    ch__mandate_state_name(eff));
         return with_state(e, CH_INVALID_TRANSITION, eff);
     }
-    ch_status rc = set_state(db, w, m, t->to, t->event, p->reason, m, now);
-    if (rc == CH_OK && t->to != CH__M_ACTIVE)
-        rc = stop_subtree(db, w, m, t->to, t->event, p->reason, now);
-    if (rc == CH_OK && (req->result = ch__mandate_json(m, ch__mview(m), &m->spent_next)) == NULL)
+    ch_status rc = change_state(db, w, m, t->to, t->event, p->reason, now);
+    if (rc == CH_OK && (req->result = ch__mandate_json(m, true, &m->spent_next)) == NULL)
         rc = CH_NOMEM;
     return rc;
 }
 
+static int by_depth(const void *a, const void *b)
+{
+    const ch__mandate *x = *(ch__mandate *const *)a, *y = *(ch__mandate *const *)b;
+    return (x->depth > y->depth) - (x->depth < y->depth);
+}
+
 /* The expiry timer's request: every listed mandate whose deadline has passed (in the
- * writer's view: a PATCH may have moved it) expires with its subtree. */
+ * writer's view: a PATCH may have moved it) expires with its subtree. Ancestors go
+ * first, so a subtree that expires at once is one change. */
 static ch_status expire_exec(ch_db *db, ch_store *w, ch_req *req)
 {
     int64_t now = ch_now_ms();
-    size_t i;
+    size_t i, n = 0;
     json_t *v;
+    ch__registry *reg = ch__db_registry(db);
+    ch__mandate **due = calloc(json_array_size(req->body) + 1, sizeof(*due));
+    if (due == NULL)
+        return ch_err_set(&req->err, CH_NOMEM, NULL, NULL);
     json_array_foreach(req->body, i, v)
     {
-        ch__mandate *m = NULL;
         const char *id = json_string_value(v);
-        ch__registry *reg = ch__db_registry(db);
         /* The timer is not a tenant: find the id in any tenant. */
-        ch__registry_rdlock(reg);
-        m = id ? ch__registry_find_any(reg, id) : NULL;
-        ch__registry_unlock(reg);
-        if (m == NULL)
-            continue;
-        const ch__mstate *st = ch__mview(m);
-        if (CH__M_FINAL(st->state) || st->expires_at > now)
-            continue;
-        ch_status rc = set_state(db, w, m, CH__M_EXPIRED, "mandate.expired", "expired", m, now);
-        if (rc == CH_OK)
-            rc = stop_subtree(db, w, m, CH__M_EXPIRED, "mandate.expired", "expired", now);
-        if (rc != CH_OK)
-            return ch_err_set(&req->err, rc, NULL, "cannot expire %s", m->id);
+        ch__mandate *m = id ? ch__registry_find_any(reg, id) : NULL;
+        if (m != NULL)
+            due[n++] = m;
     }
-    req->result = json_object();
-    return CH_OK;
+    qsort(due, n, sizeof(*due), by_depth);
+    ch_status rc = CH_OK;
+    for (i = 0; i < n && rc == CH_OK; i++) {
+        ch__mandate *m = due[i];
+        const ch__mstate *st = ch__mview(m);
+        /* Already final, by itself or through an ancestor (maybe expired just now). */
+        if (st->expires_at > now ||
+            CH__M_FINAL(ch__mandate_state_at(m, st->expires_at - 1, true, NULL)))
+            continue;
+        rc = change_state(db, w, m, CH__M_EXPIRED, "mandate.expired", "expired", now);
+        if (rc != CH_OK)
+            ch_err_set(&req->err, rc, NULL, "cannot expire %s", m->id);
+    }
+    free(due);
+    if (rc == CH_OK)
+        req->result = json_object();
+    return rc;
 }
 
 /* ---- what sessions ask ---------------------------------------------------------- */

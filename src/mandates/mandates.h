@@ -117,8 +117,14 @@ ch_status ch__registry_spend(ch__registry *reg, ch__mandate *m, const ch__usage 
 ch_status ch__registry_insert(ch__registry *reg, const char *tenant, const char *id,
                               ch__mandate *parent, ch__mstate *st, ch__mandate **out);
 
-/* The state a check sees at now: the record's, or expired once its deadline passed. */
-int ch__mandate_effective(const ch__mstate *st, int64_t now);
+/* The state of m at now, as everything outside the store sees it: its record's,
+ * unless that is not final and a revoked or expired ancestor made it so (a revoke or an
+ * expiry cascades to every descendant without writing them), or its deadline has
+ * passed. *cause (when not NULL) is the mandate whose record says so. writer_view
+ * selects the writer's view (writer thread) or the published one (read lock). */
+int ch__mandate_state_at(const ch__mandate *m, int64_t now, bool writer_view,
+                         const ch__mandate **cause);
+int ch__mandate_effective(const ch__mandate *m, int64_t now, bool writer_view);
 /* Does every ancestor of m hold at now (active, not expired)? view selects the
  * writer's view (true) or the published one (false). */
 bool ch__ancestors_hold(const ch__mandate *m, int64_t now, bool writer_view);
@@ -132,7 +138,7 @@ ch_status ch__mstate_hash(ch__mstate *st);
 json_t *ch__mstate_doc(const ch__mandate *m, const ch__mstate *st);
 ch__mstate *ch__mstate_from_doc(const json_t *doc, char parent[CH_ID_MAX]);
 /* The public JSON of a mandate (published view when writer_view is false). */
-json_t *ch__mandate_json(const ch__mandate *m, const ch__mstate *st, const ch__usage *spent);
+json_t *ch__mandate_json(const ch__mandate *m, bool writer_view, const ch__usage *spent);
 
 /* Wakes the expiry timer (after a publish that may have moved a deadline earlier). */
 void ch__registry_expiry_start(ch__registry *reg, ch_db *db);

@@ -14,7 +14,7 @@ ch_status ch_mandate_get(ch_db *db, const char *tenant, const char *id, json_t *
     ch__registry *reg = ch__db_registry(db);
     ch__registry_rdlock(reg);
     ch__mandate *m = ch__registry_find(reg, tenant, id);
-    *out = m && m->cur ? ch__mandate_json(m, m->cur, &m->spent) : NULL;
+    *out = m && m->cur ? ch__mandate_json(m, false, &m->spent) : NULL;
     bool found = m && m->cur;
     ch__registry_unlock(reg);
     if (!found)
@@ -28,7 +28,7 @@ static json_t *tree_entry(const ch__mandate *m, int64_t now)
     ch_time_format(m->cur->expires_at, exp);
     return json_pack("{s:s, s:o, s:i, s:s, s:I, s:o, s:s}", "id", m->id, "parent",
                      m->parent ? json_string(m->parent->id) : json_null(), "depth", m->depth,
-                     "state", ch__mandate_state_name(ch__mandate_effective(m->cur, now)),
+                     "state", ch__mandate_state_name(ch__mandate_effective(m, now, false)),
                      "version", (json_int_t)m->cur->version, "actor",
                      m->cur->actor ? json_string(m->cur->actor) : json_null(), "expires_at",
                      exp);
@@ -118,11 +118,11 @@ ch_status ch_mandate_artifact(ch_db *db, const char *tenant, const char *id, con
     const ch__mstate *st = m ? m->cur : NULL;
     if (st == NULL) {
         rc = ch_err_set(e, CH_NOT_FOUND, NULL, "no such mandate");
-    } else if (ch__mandate_effective(st, now) != CH__M_ACTIVE ||
+    } else if (ch__mandate_effective(m, now, false) != CH__M_ACTIVE ||
                !ch__ancestors_hold(m, now, false)) {
         rc = ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s does not hold", id);
         snprintf(e->state, sizeof(e->state), "%s",
-                 ch__mandate_state_name(ch__mandate_effective(st, now)));
+                 ch__mandate_state_name(ch__mandate_effective(m, now, false)));
     } else {
         int64_t stale = ch__db_config(db)->max_staleness;
         exp = now + (ttl < stale ? ttl : stale);

@@ -220,8 +220,16 @@ ch__mstate *ch__mstate_from_doc(const json_t *doc, char parent[CH_ID_MAX])
     return st;
 }
 
-json_t *ch__mandate_json(const ch__mandate *m, const ch__mstate *st, const ch__usage *spent)
+json_t *ch__mandate_json(const ch__mandate *m, bool writer_view, const ch__usage *spent)
 {
+    const ch__mstate *st = writer_view ? ch__mview(m) : m->cur;
+    const ch__mandate *cause;
+    int state = ch__mandate_state_at(m, ch_now_ms(), writer_view, &cause);
+    const char *reason = st->reason;
+    if (cause != m) /* revoked or expired by an ancestor: its reason */
+        reason = (writer_view ? ch__mview(cause) : cause->cur)->reason;
+    else if (state == CH__M_EXPIRED && st->state != CH__M_EXPIRED)
+        reason = "expired";
     char exp[32], created[32], updated[32];
     const ch__mandate *root = m;
     while (root->parent != NULL)
@@ -241,7 +249,7 @@ json_t *ch__mandate_json(const ch__mandate *m, const ch__mstate *st, const ch__u
     snprintf(header + n, sizeof(header) - n, "\"; s256=\"%s\"", st->mission_hash);
     return json_pack("{s:s, s:s, s:I, s:s, s:s, s:o, s:o, s:o, s:O, s:s, s:i, s:i, s:o,"
                      " s:s, s:o, s:{s:I, s:f, s:I}, s:s, s:s, s:o, s:s, s:s}",
-                     "id", m->id, "state", ch__mandate_state_name(st->state), "version",
+                     "id", m->id, "state", ch__mandate_state_name(state), "version",
                      (json_int_t)st->version, "purpose", st->purpose, "approver", st->approver,
                      "evidence", st->evidence ? json_incref(st->evidence) : json_null(), "actor",
                      str_or_null(st->actor), "scope",
@@ -251,22 +259,41 @@ json_t *ch__mandate_json(const ch__mandate *m, const ch__mstate *st, const ch__u
                      "budget", budget_json(&st->budget), "spent", "tokens",
                      (json_int_t)spent->tokens, "cost_usd", spent->cost_usd, "tool_calls",
                      (json_int_t)spent->tool_calls, "mission_hash", st->mission_hash,
-                     "mission_header", header, "reason", str_or_null(st->reason),
+                     "mission_header", header, "reason", str_or_null(reason),
                      "created_at", created, "updated_at", updated);
 }
 
-int ch__mandate_effective(const ch__mstate *st, int64_t now)
+int ch__mandate_state_at(const ch__mandate *m, int64_t now, bool writer_view,
+                         const ch__mandate **cause)
 {
-    if (!CH__M_FINAL(st->state) && now >= st->expires_at)
-        return CH__M_EXPIRED;
-    return st->state;
+    const ch__mstate *st = writer_view ? ch__mview(m) : m->cur;
+    if (cause != NULL)
+        *cause = m;
+    if (CH__M_FINAL(st->state))
+        return st->state;
+    /* A revoke or an expiry reaches every descendant without writing it: the nearest
+     * revoked or expired ancestor decides. */
+    for (const ch__mandate *a = m->parent; a != NULL; a = a->parent) {
+        const ch__mstate *ast = writer_view ? ch__mview(a) : a->cur;
+        if (ast != NULL && (ast->state == CH__M_REVOKED || ast->state == CH__M_EXPIRED)) {
+            if (cause != NULL)
+                *cause = a;
+            return ast->state;
+        }
+    }
+    return now >= st->expires_at ? CH__M_EXPIRED : st->state;
+}
+
+int ch__mandate_effective(const ch__mandate *m, int64_t now, bool writer_view)
+{
+    return ch__mandate_state_at(m, now, writer_view, NULL);
 }
 
 bool ch__ancestors_hold(const ch__mandate *m, int64_t now, bool writer_view)
 {
     for (const ch__mandate *a = m->parent; a != NULL; a = a->parent) {
         const ch__mstate *st = writer_view ? ch__mview(a) : a->cur;
-        if (st == NULL || ch__mandate_effective(st, now) != CH__M_ACTIVE)
+        if (st == NULL || ch__mandate_effective(a, now, writer_view) != CH__M_ACTIVE)
             return false;
     }
     return true;
@@ -321,7 +348,7 @@ void ch__registry_count(ch__registry *reg, uint64_t counts[CH__M_STATE_COUNT])
     for (size_t i = 0; i < reg->nbuckets; i++) {
         for (ch__mandate *m = reg->buckets[i]; m; m = m->hnext) {
             if (m->cur != NULL)
-                counts[ch__mandate_effective(m->cur, now)]++;
+                counts[ch__mandate_effective(m, now, false)]++;
         }
     }
     pthread_rwlock_unlock(&reg->lock);
@@ -732,7 +759,9 @@ static void *expiry_main(void *arg)
             deadline d = heap_pop(reg);
             pthread_rwlock_rdlock(&reg->lock);
             const ch__mstate *st = d.m->cur;
-            bool due = st != NULL && !CH__M_FINAL(st->state) && st->expires_at <= now;
+            /* Not due when it is final, or revoked or expired with an ancestor. */
+            bool due = st != NULL && st->expires_at <= now &&
+                       !CH__M_FINAL(ch__mandate_state_at(d.m, st->expires_at - 1, false, NULL));
             pthread_rwlock_unlock(&reg->lock);
             if (due)
                 json_array_append_new(ids, json_string(d.m->id));
