@@ -705,18 +705,19 @@ static ch_status live_add(live_list *l, ch__mandate *m)
     return CH_OK;
 }
 
-/* Collects m's descendants that are not final at now (writer's view). A completed
+/* Collects m's descendants whose state is not final yet (writer's view), whatever the
+ * clock says: one whose deadline passed with m's is still to be moved now. A completed
  * mandate is final but does not cascade: the mandates below it are looked at too. */
-static ch_status collect_live(ch__mandate *m, int64_t now, live_list *l)
+static ch_status collect_live(ch__mandate *m, live_list *l)
 {
     for (uint32_t i = 0; i < m->nkids; i++) {
         ch__mandate *k = m->kids[i];
-        int s = ch__mandate_effective(k, now, true);
+        int s = ch__mandate_state_at(k, INT64_MIN, true, NULL);
         ch_status rc = CH_OK;
         if (!CH__M_FINAL(s))
             rc = live_add(l, k);
         if (rc == CH_OK && s != CH__M_REVOKED && s != CH__M_EXPIRED)
-            rc = collect_live(k, now, l);
+            rc = collect_live(k, l);
         if (rc != CH_OK)
             return rc;
     }
@@ -737,7 +738,7 @@ static ch_status change_state(ch_db *db, ch_store *w, ch__mandate *m, int to, co
     bool stops = to != CH__M_ACTIVE;
     bool cascades = to == CH__M_REVOKED || to == CH__M_EXPIRED;
     if (stops)
-        rc = collect_live(m, now, &live);
+        rc = collect_live(m, &live);
     if (rc == CH_OK)
         rc = set_state(db, w, m, to, event, reason, m, cascades ? live.v : NULL,
                        cascades ? live.n : 0, now);

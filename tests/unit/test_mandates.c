@@ -1334,16 +1334,19 @@ static void test_cascade_deep(void **state)
         json_decref(m);
         assert_reason(f->db, TENANT, ids[d], "mandate_revoked");
     }
-    /* One event per mandate, each naming the root as its cause. */
+    /* One event for the whole cascade: the root's, listing every descendant it reached,
+     * parents first. */
     json_t *evs = stream_after(f->db, TENANT, before);
-    assert_int_equal(json_array_size(evs), DEPTH + 1);
-    for (int d = 0; d <= DEPTH; d++) {
-        json_t *ev = json_array_get(evs, (size_t)d);
-        assert_string_equal(jstr(ev, "type"), "mandate.revoked");
-        assert_string_equal(jstr(ev, "mandate"), ids[d]);
-        assert_string_equal(jstr(ev, "cause"), ids[0]);
-        assert_string_equal(jstr(ev, "reason"), "incident");
-    }
+    assert_int_equal(json_array_size(evs), 1);
+    json_t *ev = json_array_get(evs, 0);
+    assert_string_equal(jstr(ev, "type"), "mandate.revoked");
+    assert_string_equal(jstr(ev, "mandate"), ids[0]);
+    assert_string_equal(jstr(ev, "cause"), ids[0]);
+    assert_string_equal(jstr(ev, "reason"), "incident");
+    json_t *reached = json_object_get(ev, "descendants");
+    assert_int_equal(json_array_size(reached), DEPTH);
+    for (int d = 1; d <= DEPTH; d++)
+        assert_string_equal(json_string_value(json_array_get(reached, (size_t)d - 1)), ids[d]);
     json_decref(evs);
     /* Revoking again is refused anywhere in the chain. */
     expect_fail(f->db, CH_OP_MANDATE_REVOKE, TENANT, ids[DEPTH], NULL, CH_INVALID_TRANSITION, NULL,
@@ -1409,7 +1412,9 @@ static void test_cascade_wide(void **state)
         assert_mstate(f->db, TENANT, kids[i], "revoked");
     }
     json_t *evs = stream_after(f->db, TENANT, before);
-    assert_int_equal(count_events(evs, "mandate.revoked", NULL), WIDE + 1);
+    assert_int_equal(count_events(evs, "mandate.revoked", NULL), 1);
+    assert_int_equal(json_array_size(json_object_get(json_array_get(evs, 0), "descendants")),
+                     WIDE);
     json_decref(evs);
     assert_int_equal(ch_mandate_tree(f->db, TENANT, root, &tree, &e), CH_OK);
     json_t *desc = json_object_get(tree, "descendants");
@@ -2336,8 +2341,9 @@ static void test_expiry_exact(void **state)
     json_t *evs = stream_after(f->db, TENANT, before);
     /* mandate.amended ×2 (the PATCH), then the expiry. */
     assert_int_equal(count_events(evs, "mandate.amended", NULL), 2);
+    /* One expiry for the subtree: m's, reaching c. */
     assert_int_equal(count_events(evs, "mandate.expired", m), 1);
-    assert_int_equal(count_events(evs, "mandate.expired", c), 1);
+    assert_int_equal(count_events(evs, "mandate.expired", c), 0);
     assert_int_equal(count_events(evs, "session.inert", NULL), 2);
     size_t i;
     json_t *ev;
@@ -3154,6 +3160,13 @@ static json_t *mev(const char *m, const char *state, int version, const char *re
                      "reason", reason ? json_string(reason) : json_null(), "cause", cause);
 }
 
+/* A revoke or expiry event's data: mev plus the one descendant it reached. */
+static json_t *mev_reached(json_t *ev, const char *descendant)
+{
+    json_object_set_new(ev, "descendants", json_pack("[s]", descendant));
+    return ev;
+}
+
 /* A session event's data (from and reason NULL: null). */
 static json_t *sev(const char *session, const char *state, const char *from, const char *mandate,
                    const char *reason)
@@ -3226,8 +3239,7 @@ static void test_stream(void **state)
         {"mandate.amended", json_pack("{s:s, s:i, s:s, s:s}", "mandate", c, "version", 3,
                                       "expires_at", t, "cause", r)},
         {"session.paused", sev(s, "paused", "active", c, "lunch")},
-        {"mandate.revoked", mev(r, "revoked", 3, "done", r)},
-        {"mandate.revoked", mev(c, "revoked", 3, "done", r)},
+        {"mandate.revoked", mev_reached(mev(r, "revoked", 3, "done", r), c)},
         {"session.inert", sev(s, "inert", "paused", c, "mandate_revoked")},
         {"session.closed", sev(s, "closed", "inert", c, NULL)},
         {"mandate.created", json_pack("{s:s, s:s, s:i, s:n}", "mandate", p, "state", "proposed",
