@@ -19,6 +19,7 @@
 #define AUDIT_QUEUE_MAX 1000000 /* decisions waiting for the writer */
 #define AUDIT_BATCH 8192        /* a flush starts at once beyond this many */
 #define AUDIT_FLUSH_MS 5        /* otherwise decisions wait at most this long */
+#define AUDIT_PACK 4096         /* decisions stored in one row at most */
 
 typedef struct aitem {
     struct aitem *next;
@@ -273,7 +274,8 @@ static void put_str(ch_buf *b, const char *s)
 /* The stored text of one decision (the fields its audit record shows). */
 static void decision_text(ch_buf *b, const aitem *it)
 {
-    ch_buf_printf(b, "{\"decision_id\":\"%s\",\"actor\":", it->decision_id);
+    ch_buf_printf(b, "{\"at\":%lld,\"decision_id\":\"%s\",\"actor\":", (long long)it->at,
+                  it->decision_id);
     put_str(b, it->actor);
     put_lit(b, ",\"session\":");
     put_str(b, it->session);
@@ -293,6 +295,18 @@ static void decision_text(ch_buf *b, const aitem *it)
         put_lit(b, "null}");
 }
 
+static bool same_str(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Do a and b belong in the same "checks" row (same tenant and mandate)? */
+static bool same_run(const aitem *a, const aitem *b)
+{
+    return strcmp(a->tenant, b->tenant) == 0 && same_str(a->mandate, b->mandate) &&
+           a->lineage == b->lineage;
+}
+
 static ch_status flush_exec(ch_db *db, ch_store *w, ch_req *req)
 {
     ch__audit_queue *q = ch__db_audit(db);
@@ -309,23 +323,36 @@ static ch_status flush_exec(ch_db *db, ch_store *w, ch_req *req)
         rev = list;
         list = nx;
     }
+    /* Each run of decisions on the same mandate is stored as one "checks" row whose data
+     * is the array of its decisions: one row and one index entry for hundreds of them.
+     * A decision's record id is the row id × AUDIT_PACK plus its place in the row. */
     ch_status rc = CH_OK;
     ch_buf text = {0};
-    for (aitem *it = rev, *nx; it != NULL; it = nx) {
-        nx = it->next;
-        if (rc == CH_OK) {
-            text.len = 0;
+    aitem *it = rev;
+    while (it != NULL) {
+        aitem *first = it;
+        size_t n = 0;
+        text.len = 0;
+        put_lit(&text, "[");
+        for (; it != NULL && n < AUDIT_PACK && same_run(first, it); it = it->next, n++) {
+            if (n > 0)
+                put_lit(&text, ",");
             decision_text(&text, it);
-            if (text.data == NULL) {
-                rc = CH_NOMEM;
-            } else {
-                ch_audit_row row = {0,         it->tenant, it->at,       "check",
-                                    it->mandate ? it->mandate : "", it->lineage ? it->lineage : "",
-                                    text.data, text.len};
-                rc = ch__db_store(db)->audit_append(w, &row);
-            }
         }
-        free(it);
+        put_lit(&text, "]");
+        if (rc == CH_OK && text.data == NULL)
+            rc = CH_NOMEM;
+        if (rc == CH_OK) {
+            ch_audit_row row = {0,         first->tenant, first->at,   "checks",
+                                first->mandate ? first->mandate : "",
+                                first->lineage ? first->lineage : "", text.data, text.len};
+            rc = ch__db_store(db)->audit_append(w, &row);
+        }
+        while (first != it) {
+            aitem *nx = first->next;
+            free(first);
+            first = nx;
+        }
     }
     ch_buf_free(&text);
     if (rc != CH_OK)
@@ -550,16 +577,18 @@ ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_
 
 typedef struct audit_ctx {
     json_t *records;
-    int64_t last;
+    int64_t after; /* record ids up to this one are skipped */
+    int want;      /* records to collect (one more than a page) */
     int n;
     bool nomem;
 } audit_ctx;
 
-static int add_record(void *arg, const ch_audit_row *r)
+/* Appends one record: rec is its stored object (consumed), completed with the row's
+ * id, time, kind, mandate and lineage. */
+static int add_one(audit_ctx *c, const ch_audit_row *r, json_t *rec, int64_t id, int64_t at,
+                   const char *kind)
 {
-    audit_ctx *c = arg;
-    char at[32];
-    json_t *rec = json_loadb(r->data, r->data_len, 0, NULL);
+    char when[32];
     json_t *lineage = json_array();
     if (!json_is_object(rec)) {
         json_decref(rec);
@@ -571,29 +600,56 @@ static int add_record(void *arg, const ch_audit_row *r)
         json_array_append_new(lineage, json_stringn(p, n));
         p += n + (slash != NULL);
     }
-    ch_time_format(r->at, at);
+    ch_time_format(at, when);
     /* Fields a record kind does not have are null. */
     static const char *const optional[] = {"actor",  "session",         "action",
                                            "allow",  "reason",          "mandate_version",
                                            "decision_id", NULL};
-    for (int i = 0; optional[i]; i++) {
+    for (int i = 0; rec && optional[i]; i++) {
         if (json_object_get(rec, optional[i]) == NULL)
             json_object_set_new(rec, optional[i], json_null());
     }
     if (rec == NULL || lineage == NULL ||
-        json_object_set_new(rec, "id", json_integer(r->id)) != 0 ||
-        json_object_set_new(rec, "at", json_string(at)) != 0 ||
-        json_object_set_new(rec, "kind", json_string(r->kind)) != 0 ||
+        json_object_set_new(rec, "id", json_integer(id)) != 0 ||
+        json_object_set_new(rec, "at", json_string(when)) != 0 ||
+        json_object_set_new(rec, "kind", json_string(kind)) != 0 ||
         json_object_set_new(rec, "mandate",
                             r->mandate[0] ? json_string(r->mandate) : json_null()) != 0 ||
         json_object_set_new(rec, "lineage", lineage) != 0 ||
         json_array_append_new(c->records, rec) != 0) {
+        json_decref(lineage);
         c->nomem = true;
         return 1;
     }
-    c->last = r->id;
-    c->n++;
-    return 0;
+    return ++c->n >= c->want;
+}
+
+static int add_record(void *arg, const ch_audit_row *r)
+{
+    audit_ctx *c = arg;
+    json_t *data = json_loadb(r->data, r->data_len, 0, NULL);
+    int stop = 0;
+    if (strcmp(r->kind, "checks") == 0 && json_is_array(data)) {
+        size_t k;
+        json_t *d;
+        json_array_foreach(data, k, d)
+        {
+            int64_t id = r->id * AUDIT_PACK + (int64_t)k;
+            if (id <= c->after)
+                continue;
+            int64_t at = json_integer_value(json_object_get(d, "at"));
+            json_object_del(d, "at");
+            if ((stop = add_one(c, r, json_incref(d), id, at, "check")) != 0)
+                break;
+        }
+        json_decref(data);
+        return stop;
+    }
+    if (r->id * AUDIT_PACK <= c->after) {
+        json_decref(data);
+        return 0;
+    }
+    return add_one(c, r, data, r->id * AUDIT_PACK, r->at, r->kind);
 }
 
 ch_status ch_audit_list(ch_db *db, const char *tenant, const char *mandate, int64_t after,
@@ -619,9 +675,12 @@ ch_status ch_audit_list(ch_db *db, const char *tenant, const char *mandate, int6
         free(prefix);
         return e ? e->status : CH_IO;
     }
-    /* One more than asked tells whether there is a next page. */
-    audit_ctx c = {json_array(), after, 0, false};
-    ch_status rc = c.records ? ch__db_store(db)->audit_list(r, tenant, prefix, after, limit + 1,
+    /* One more than asked tells whether there is a next page. Rows are read from the
+     * one holding record `after` on; each row gives at least one record past it but
+     * that first one, so limit + 2 rows always suffice. */
+    audit_ctx c = {json_array(), after, limit + 1, 0, false};
+    ch_status rc = c.records ? ch__db_store(db)->audit_list(r, tenant, prefix,
+                                                              after / AUDIT_PACK - 1, limit + 2,
                                                               add_record, &c)
                              : CH_NOMEM;
     ch__reader_put(db, r);
