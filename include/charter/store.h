@@ -218,7 +218,8 @@ struct ch_store_methods {
                                     ch_session_cb cb, void *arg);
 
     /* Mandates. mandate_put inserts, or replaces the doc of an existing id (its spending
-     * is kept); mandate_spend adds to a mandate's spending; mandate_load gives every
+     * is kept); mandate_spend adds to a mandate's spending (the integer totals saturate at
+ * INT64_MAX); mandate_load gives every
      * mandate of every tenant, each after its parent (insertion order). */
     ch_status (*mandate_put)(ch_store *st, const ch_mandate_row *m);
     ch_status (*mandate_spend)(ch_store *st, const char *id, int64_t tokens, double cost_usd,

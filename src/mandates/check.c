@@ -89,9 +89,22 @@ static void *flusher_main(void *arg)
             ;
         pthread_mutex_unlock(&q->mu);
         ch_req req = {.op = CH_OP_AUDIT_FLUSH};
-        ch_call(q->db, &req); /* failures are logged by the flush itself */
+        ch_status rc = ch_call(q->db, &req); /* failures in the flush are logged by it */
         ch_req_dispose(&req);
         pthread_mutex_lock(&q->mu);
+        if (rc != CH_OK && rc != CH_SHUTTING_DOWN && q->n > 0) {
+            /* Writes are refused (a failed fsync stops them until a restart): what is
+             * queued can never be written. Drop it, counted, rather than hold it. */
+            for (aitem *it = q->head, *nx; it; it = nx) {
+                nx = it->next;
+                free(it);
+            }
+            __atomic_fetch_add(&q->dropped, q->n, __ATOMIC_RELAXED);
+            ch_log(CH_LOG_ERROR, "audit flush refused; queued decisions dropped", "{s:I}",
+                   "dropped", (json_int_t)q->n);
+            q->head = NULL;
+            q->n = 0;
+        }
     }
     pthread_mutex_unlock(&q->mu);
     return NULL;

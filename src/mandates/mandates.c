@@ -418,12 +418,51 @@ static ch_status amended(ch__mstate *st, int64_t now)
     return ch__mstate_hash(st);
 }
 
+/* The event of an amendment of m (its record st): `mandate.narrowed` when the scope
+ * changed, else `mandate.amended`; either carries the whole amended mission. */
+static ch_status announce_amended(ch_db *db, ch_store *w, const ch__mandate *m,
+                                  const ch__mstate *st, bool narrowed, const ch__mandate *cause,
+                                  int64_t now)
+{
+    char exp[32];
+    ch_time_format(st->expires_at, exp);
+    return announce(db, w, m, narrowed ? "mandate.narrowed" : "mandate.amended",
+                    json_pack("{s:I, s:o, s:s, s:O, s:s}", "version", (json_int_t)st->version,
+                              "scope", ch__scope_json(&st->scope), "expires_at", exp,
+                              "conditions", st->conditions, "cause", cause->id),
+                    now);
+}
+
+/* Sets on *conds (a copy is made on the first change) every condition of bound that it
+ * does not have with the same value; *changed says whether one was set. */
+static ch_status inherit_conditions(const json_t *own, const json_t *bound, json_t **merged,
+                                    bool *changed)
+{
+    const char *k;
+    json_t *v;
+    *merged = NULL;
+    *changed = false;
+    json_object_foreach((json_t *)bound, k, v)
+    {
+        json_t *mine = json_object_get(own, k);
+        if (mine != NULL && json_equal(mine, v))
+            continue;
+        if (*merged == NULL && (*merged = json_deep_copy(own)) == NULL)
+            return CH_NOMEM;
+        if (json_object_set(*merged, k, v) != 0)
+            return CH_NOMEM;
+        *changed = true;
+    }
+    return CH_OK;
+}
+
 /* Clips the live mandates below m to bound (a scope) and deadline. A live descendant
  * already inside them needs nothing, and neither do the mandates below it (they are
  * inside it); a final one is left as it is, but the live mandates below it are clipped
  * too. */
 static ch_status clip_below(ch_db *db, ch_store *w, ch__mandate *m, const ch__scope *bound,
-                            int64_t deadline, const ch__mandate *cause, int64_t now, ch_err *e)
+                            int64_t deadline, const json_t *conds, const ch__mandate *cause,
+                            int64_t now, ch_err *e)
 {
     for (uint32_t i = 0; i < m->nkids; i++) {
         ch__mandate *k = m->kids[i];
@@ -432,7 +471,7 @@ static ch_status clip_below(ch_db *db, ch_store *w, ch__mandate *m, const ch__sc
         if (kv->state == CH__M_REVOKED || kv->state == CH__M_EXPIRED)
             continue; /* it and everything below it are final */
         if (CH__M_FINAL(kv->state)) {
-            if ((rc = clip_below(db, w, k, bound, deadline, cause, now, e)) != CH_OK)
+            if ((rc = clip_below(db, w, k, bound, deadline, conds, cause, now, e)) != CH_OK)
                 return rc;
             continue;
         }
@@ -442,8 +481,13 @@ static ch_status clip_below(ch_db *db, ch_store *w, ch__mandate *m, const ch__sc
         if (rc == CH_OK)
             rc = ch__scope_clip(&clipped, bound, &changed);
         bool later = kv->expires_at > deadline;
-        if (rc != CH_OK || (!changed && !later)) {
+        json_t *merged = NULL;
+        bool cond_changed = false;
+        if (rc == CH_OK)
+            rc = inherit_conditions(kv->conditions, conds, &merged, &cond_changed);
+        if (rc != CH_OK || (!changed && !later && !cond_changed)) {
             ch__scope_free(&clipped);
+            json_decref(merged);
             if (rc == CH_INVALID_VALUE)
                 return ch_err_set(e, CH_NOT_SUBSET, "scope.resources",
                                   "narrowing would leave descendant %s with more than 1024 "
@@ -456,27 +500,21 @@ static ch_status clip_below(ch_db *db, ch_store *w, ch__mandate *m, const ch__sc
         ch__mstate *st = ch__registry_edit(ch__db_registry(db), k);
         if (st == NULL) {
             ch__scope_free(&clipped);
+            json_decref(merged);
             return CH_NOMEM;
         }
         ch__scope_free(&st->scope);
         st->scope = clipped;
         if (later)
             st->expires_at = deadline;
-        if ((rc = amended(st, now)) != CH_OK || (rc = persist(db, w, k)) != CH_OK)
-            return rc;
-        char exp[32];
-        ch_time_format(st->expires_at, exp);
-        rc = changed ? announce(db, w, k, "mandate.narrowed",
-                                json_pack("{s:I, s:o, s:s}", "version", (json_int_t)st->version,
-                                          "scope", ch__scope_json(&st->scope), "cause",
-                                          cause->id),
-                                now)
-                     : announce(db, w, k, "mandate.amended",
-                                json_pack("{s:I, s:s, s:s}", "version", (json_int_t)st->version,
-                                          "expires_at", exp, "cause", cause->id),
-                                now);
-        if (rc != CH_OK ||
-            (rc = clip_below(db, w, k, &st->scope, st->expires_at, cause, now, e)) != CH_OK)
+        if (cond_changed) {
+            json_decref(st->conditions);
+            st->conditions = merged;
+        }
+        if ((rc = amended(st, now)) != CH_OK || (rc = persist(db, w, k)) != CH_OK ||
+            (rc = announce_amended(db, w, k, st, changed, cause, now)) != CH_OK ||
+            (rc = clip_below(db, w, k, &st->scope, st->expires_at, st->conditions, cause, now,
+                             e)) != CH_OK)
             return rc;
     }
     return CH_OK;
@@ -528,6 +566,15 @@ static ch_status patch_exec(ch_db *db, ch_store *w, ch_req *req)
                 goto out;
             }
         }
+        /* A delegated mandate holds its parent's conditions as they are. */
+        json_object_foreach(m->parent ? ch__mview(m->parent)->conditions : NULL, k, val)
+        {
+            if (!json_equal(json_object_get(cond, k), val)) {
+                rc = ch_err_set(e, CH_NOT_SUBSET, "conditions",
+                                "condition \"%s\" is the parent's and cannot change", k);
+                goto out;
+            }
+        }
         cond_changed = !json_equal(cond, v->conditions);
     }
     if (!scope_changed && !exp_changed && !cond_changed) {
@@ -550,20 +597,11 @@ static ch_status patch_exec(ch_db *db, ch_store *w, ch_req *req)
         st->conditions = cond;
         cond = NULL;
     }
-    char expbuf[32];
-    ch_time_format(st->expires_at, expbuf);
     if ((rc = amended(st, now)) != CH_OK || (rc = persist(db, w, m)) != CH_OK)
         goto out;
-    rc = scope_changed ? announce(db, w, m, "mandate.narrowed",
-                                  json_pack("{s:I, s:o, s:s}", "version", (json_int_t)st->version,
-                                            "scope", ch__scope_json(&st->scope), "cause", m->id),
-                                  now)
-                       : announce(db, w, m, "mandate.amended",
-                                  json_pack("{s:I, s:s, s:s}", "version", (json_int_t)st->version,
-                                            "expires_at", expbuf, "cause", m->id),
-                                  now);
+    rc = announce_amended(db, w, m, st, scope_changed, m, now);
     if (rc == CH_OK)
-        rc = clip_below(db, w, m, &st->scope, st->expires_at, m, now, e);
+        rc = clip_below(db, w, m, &st->scope, st->expires_at, st->conditions, m, now, e);
     if (rc == CH_OK && (req->result = ch__mandate_json(m, true, &m->spent_next)) == NULL)
         rc = CH_NOMEM;
 out:

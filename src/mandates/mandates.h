@@ -80,6 +80,7 @@ struct ch__mandate {
     ch__usage spent_next; /* writer only */
     bool touched;         /* writer only: on the batch's touched list */
     bool bound;           /* writer only: a session may be bound to it */
+    bool new_deadline;    /* writer only: publish saw its deadline change */
     ch__mandate *hnext;   /* hash chain */
 };
 

@@ -445,9 +445,15 @@ ch_status ch__registry_spend(ch__registry *reg, ch__mandate *m, const ch__usage 
 {
     if (log_push(reg, m, false, false) != CH_OK)
         return CH_NOMEM;
-    m->spent_next.tokens += u->tokens;
+    /* Saturating: a subtree's total may exceed what one session can hold, and a
+     * wrapped total would read as budget left. */
+    m->spent_next.tokens = u->tokens > INT64_MAX - m->spent_next.tokens
+                               ? INT64_MAX
+                               : m->spent_next.tokens + u->tokens;
     m->spent_next.cost_usd += u->cost_usd;
-    m->spent_next.tool_calls += u->tool_calls;
+    m->spent_next.tool_calls = u->tool_calls > INT64_MAX - m->spent_next.tool_calls
+                                   ? INT64_MAX
+                                   : m->spent_next.tool_calls + u->tool_calls;
     return CH_OK;
 }
 
@@ -558,7 +564,11 @@ void ch__registry_publish(ch__registry *reg)
     pthread_rwlock_wrlock(&reg->lock);
     for (size_t i = 0; i < reg->ntouched; i++) {
         ch__mandate *m = reg->touched[i];
+        /* A new deadline (a new mandate, or one moved by a PATCH) needs a timer; a
+         * mandate touched only by spending or a state change keeps the one it has. */
+        m->new_deadline = false;
         if (m->next != NULL) {
+            m->new_deadline = m->cur == NULL || m->cur->expires_at != m->next->expires_at;
             ch__mstate_free(m->cur);
             m->cur = m->next;
             m->next = NULL;
@@ -569,7 +579,7 @@ void ch__registry_publish(ch__registry *reg)
     for (size_t i = 0; i < reg->ntouched; i++) {
         ch__mandate *m = reg->touched[i];
         m->touched = false;
-        if (!CH__M_FINAL(m->cur->state)) {
+        if (m->new_deadline && !CH__M_FINAL(m->cur->state)) {
             heap_push(reg, m->cur->expires_at, m);
             wake = true;
         }
@@ -770,9 +780,22 @@ static void *expiry_main(void *arg)
         if (json_array_size(ids) > 0) {
             ch_req req = {.op = CH_OP_MANDATE_EXPIRE, .body = ids};
             ch_status rc = ch_call(reg->db, &req);
-            if (rc != CH_OK && rc != CH_SHUTTING_DOWN)
-                ch_log(CH_LOG_ERROR, "expiring mandates failed", "{s:s}", "error",
-                       req.err.message);
+            if (rc != CH_OK && rc != CH_SHUTTING_DOWN) {
+                /* Checks deny on time anyway; the state change is tried again. */
+                ch_log(CH_LOG_ERROR, "expiring mandates failed; retrying in 1s", "{s:s}",
+                       "error", req.err.message);
+                size_t i;
+                json_t *v;
+                json_array_foreach(ids, i, v)
+                {
+                    ch__mandate *m = NULL;
+                    pthread_rwlock_rdlock(&reg->lock);
+                    m = ch__registry_find_any(reg, json_string_value(v));
+                    pthread_rwlock_unlock(&reg->lock);
+                    if (m != NULL)
+                        heap_push(reg, ch_now_ms() + 1000, m);
+                }
+            }
             ch_req_dispose(&req);
         }
         json_decref(ids);

@@ -169,9 +169,13 @@ static const char *const stmt_sql[S__COUNT] = {
                       " reason = NULL, updated_at = NULL",
     [S_MANDATE_SET_STATE] = "UPDATE mandates SET state = ?2, reason = ?3, updated_at = ?4"
                             " WHERE id = ?1",
-    [S_MANDATE_SPEND] = "UPDATE mandates SET spent_tokens = spent_tokens + ?2,"
-                        " spent_cost_usd = spent_cost_usd + ?3,"
-                        " spent_tool_calls = spent_tool_calls + ?4 WHERE id = ?1",
+    /* Saturating at the largest integer, like the registry's totals. */
+    [S_MANDATE_SPEND] = "UPDATE mandates SET spent_tokens = CASE WHEN spent_tokens >"
+                        " 9223372036854775807 - ?2 THEN 9223372036854775807"
+                        " ELSE spent_tokens + ?2 END, spent_cost_usd = spent_cost_usd + ?3,"
+                        " spent_tool_calls = CASE WHEN spent_tool_calls >"
+                        " 9223372036854775807 - ?4 THEN 9223372036854775807"
+                        " ELSE spent_tool_calls + ?4 END WHERE id = ?1",
     [S_MANDATE_LOAD] = "SELECT id, tenant, doc, spent_tokens, spent_cost_usd, spent_tool_calls,"
                        " state, reason, updated_at FROM mandates ORDER BY mid",
     [S_STREAM_APPEND] = "INSERT INTO stream(tenant, type, at, data) VALUES(?1, ?2, ?3, ?4)",

@@ -1632,7 +1632,15 @@ static void test_patch_no_change_and_conditions(void **state)
     assert_string_not_equal(jstr(m, "mission_hash"), jstr(rm, "mission_hash"));
     assert_mission(m);
     json_decref(m);
-    assert_int_equal(mversion(f->db, TENANT, c), 1); /* conditions are not clipped */
+    /* The child holds its parent's conditions: it inherits the amendment. */
+    assert_int_equal(mversion(f->db, TENANT, c), 2);
+    m = mget(f->db, TENANT, c);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(m, "conditions"), "ticket")), 1);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(m, "conditions"), "env")), "staging");
+    json_decref(m);
+    /* ... and cannot change it on its own. */
+    expect_fail(f->db, CH_OP_MANDATE_PATCH, TENANT, c, "{\"conditions\":{\"env\":\"prod\",\"ticket\":1}}",
+                CH_NOT_SUBSET, "conditions", NULL);
 
     /* Validation and state. */
     expect_fail(f->db, CH_OP_MANDATE_PATCH, TENANT, r, "{\"purpose\":\"x\"}", CH_UNKNOWN_FIELD,
@@ -2779,16 +2787,18 @@ static void test_undo_in_batch(void **state)
 
     /* The stream holds the successful requests' events only, in commit order. */
     json_t *evs = stream_after(f->db, TENANT, before);
+    /* A conditions amendment reaches the live descendants (they hold their parent's
+     * conditions), each with its own event. */
     static const char *const types[] = {
-        "mandate.amended",                         /* q0 */
-        "mandate.amended",                         /* q2 */
+        "mandate.amended",   "mandate.amended",    /* q0: r, then s */
+        "mandate.amended",   "mandate.amended",    /* q2 */
         "mandate.suspended",                       /* q3 */
         "session.inert",     "mandate.reinstated", /* q5 */
         "mandate.created",                         /* q6 */
         "mandate.created",                         /* q8 */
         "mandate.revoked",                         /* q9 (the session is inert already) */
-        "mandate.amended",                         /* q11 */
-        "mandate.amended",                         /* q13 */
+        "mandate.amended",   "mandate.amended",   "mandate.amended", /* q11: ids[5], 6, 7 */
+        "mandate.amended",   "mandate.amended",   "mandate.amended", /* q13 */
     };
     enum { NT = sizeof(types) / sizeof(types[0]) };
     if (json_array_size(evs) != NT) {
@@ -2798,7 +2808,8 @@ static void test_undo_in_batch(void **state)
     for (size_t i = 0; i < NT; i++)
         assert_string_equal(jstr(json_array_get(evs, i), "type"), types[i]);
     assert_string_equal(jstr(json_array_get(evs, 0), "mandate"), r);
-    assert_string_equal(jstr(json_array_get(evs, 5), "parent"), r);
+    assert_string_equal(jstr(json_array_get(evs, 1), "mandate"), ids[1]);
+    assert_string_equal(jstr(json_array_get(evs, 7), "parent"), r);
     json_decref(evs);
     json_decref(rm);
 
@@ -2809,8 +2820,8 @@ static void test_undo_in_batch(void **state)
     assert_json_text(json_object_get(json_object_get(m, "scope"), "resources"), "[\"a*\",\"z*\"]");
     assert_mission(m);
     json_decref(m);
-    assert_int_equal(mversion(f->db, TENANT, ids[6]), 1);
-    assert_int_equal(mversion(f->db, TENANT, ids[7]), 1);
+    assert_int_equal(mversion(f->db, TENANT, ids[6]), 3); /* inherited both amendments */
+    assert_int_equal(mversion(f->db, TENANT, ids[7]), 3);
     assert_scope(f->db, ids[6],
                  "{\"tools\":[\"git\"],\"lanes\":[\"repo\"],\"resources\":[\"a1*\"],"
                  "\"classes\":[\"read\"]}");
@@ -3184,6 +3195,10 @@ static void on_stream(void *arg, int64_t last_id)
     atomic_store(&stream_seen, last_id);
 }
 
+#define NARROWED_SCOPE                                                                     \
+    "{\"tools\":[\"git\"],\"lanes\":[\"repo\",\"web\"],\"resources\":[\"doc:readme\","      \
+    "\"repo:web/*\"],\"classes\":[\"read\",\"write\",\"external\"]}"
+
 static void test_stream(void **state)
 {
     fixture *f = *state;
@@ -3234,10 +3249,13 @@ static void test_stream(void **state)
         {"session.resumed", sev(s, "active", "inert", c, NULL)},
         {"mandate.narrowed", NULL},
         {"mandate.narrowed", NULL},
-        {"mandate.amended", json_pack("{s:s, s:i, s:s, s:s}", "mandate", r, "version", 3,
-                                      "expires_at", t, "cause", r)},
-        {"mandate.amended", json_pack("{s:s, s:i, s:s, s:s}", "mandate", c, "version", 3,
-                                      "expires_at", t, "cause", r)},
+        /* An amendment carries the whole amended mission. */
+        {"mandate.amended", json_pack("{s:s, s:i, s:s, s:s, s:o, s:{}}", "mandate", r, "version",
+                                      3, "expires_at", t, "cause", r, "scope",
+                                      json_loads(NARROWED_SCOPE, 0, NULL), "conditions")},
+        {"mandate.amended", json_pack("{s:s, s:i, s:s, s:s, s:o, s:{}}", "mandate", c, "version",
+                                      3, "expires_at", t, "cause", r, "scope",
+                                      json_loads(NARROWED_SCOPE, 0, NULL), "conditions")},
         {"session.paused", sev(s, "paused", "active", c, "lunch")},
         {"mandate.revoked", mev_reached(mev(r, "revoked", 3, "done", r), c)},
         {"session.inert", sev(s, "inert", "paused", c, "mandate_revoked")},
