@@ -195,6 +195,10 @@ void ch__mandate_metrics(ch_db *db, ch_buf *out)
     for (int i = 0; i < CH__M_STATE_COUNT; i++)
         ch_buf_printf(out, "charter_mandates{state=\"%s\"} %llu\n", ch__mandate_state_name(i),
                       (unsigned long long)counts[i]);
+    ch_buf_printf(out,
+                  "# HELP charter_mandate_timers Deadlines waiting in the expiry timer.\n"
+                  "# TYPE charter_mandate_timers gauge\ncharter_mandate_timers %zu\n",
+                  ch__registry_timers(ch__db_registry(db)));
 }
 
 /* Copies s into the item's buffer at *p. */

@@ -102,6 +102,8 @@ ch__mandate *ch__registry_find_any(ch__registry *reg, const char *id);
 
 /* Counts published mandates by their state now. */
 void ch__registry_count(ch__registry *reg, uint64_t counts[CH__M_STATE_COUNT]);
+/* Deadlines waiting in the expiry timer (at most one per live mandate and deadline). */
+size_t ch__registry_timers(ch__registry *reg);
 
 /* Writer only. The writer's view of m: its pending version, else its published one. */
 static inline const ch__mstate *ch__mview(const ch__mandate *m)

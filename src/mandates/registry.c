@@ -341,6 +341,14 @@ ch__mandate *ch__registry_find_any(ch__registry *reg, const char *id)
     return NULL;
 }
 
+size_t ch__registry_timers(ch__registry *reg)
+{
+    pthread_mutex_lock(&reg->ex_mu);
+    size_t n = reg->nheap;
+    pthread_mutex_unlock(&reg->ex_mu);
+    return n;
+}
+
 void ch__registry_count(ch__registry *reg, uint64_t counts[CH__M_STATE_COUNT])
 {
     int64_t now = ch_now_ms();

@@ -1928,6 +1928,14 @@ static void test_check_budget(void **state)
     char z[CH_ID_MAX];
     json_decref(mk_root(f->db, TENANT, "{\"budget\":{\"tokens\":0}}", z));
     assert_reason(f->db, TENANT, z, "budget_exceeded");
+
+    /* Spending touches the mandate and its ancestors on every append, but their
+     * deadlines do not move: the expiry timer holds one entry per live mandate. */
+    uint64_t timers = metric(f->db, "\ncharter_mandate_timers");
+    for (int i = 0; i < 200; i++)
+        ok(f->db, CH_OP_SESSION_APPEND, TENANT, s1, "{\"kind\":\"llm\",\"usage\":{\"tokens\":1}}");
+    assert_int_equal(metric(f->db, "\ncharter_mandate_timers"), timers);
+    assert_int_equal(timers, 6); /* b, k1, k2, c, t, z */
 }
 
 /* ch_check_json: the HTTP form, its reply and its validation. */
