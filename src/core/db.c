@@ -500,7 +500,7 @@ ch_status ch_db_open(const ch_config *cfg, bool background, ch_db **out, ch_err 
     }
     ch__audit_queue_start(db->audit);
     if (background)
-        ch__registry_expiry_start(db->registry, db);
+        ch__registry_expiry_start(db->registry);
     if (background && cfg->retention.sweep_interval > 0) {
         if (pthread_create(&db->sweeper, NULL, sweeper_main, db) == 0)
             db->has_sweeper = true;

@@ -156,11 +156,6 @@ void ch__audit_queue_free(ch__audit_queue *q)
     free(q);
 }
 
-uint64_t ch__audit_dropped(ch__audit_queue *q)
-{
-    return __atomic_load_n(&q->dropped, __ATOMIC_RELAXED);
-}
-
 static void count_decision(ch__audit_queue *q, const char *reason)
 {
     for (size_t i = 0; i < NREASONS; i++) {
@@ -259,8 +254,6 @@ static void audit_push(ch_db *db, const char *tenant, const char *mandate, const
         pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
 }
-
-#define put_lit(b, lit) ch_buf_append((b), (lit), sizeof(lit) - 1)
 
 /* Appends s as a JSON string (or null). The strings come from parsed JSON, so they are
  * valid UTF-8: only the quote, the backslash and control characters need escaping.
@@ -442,7 +435,7 @@ static void check(ch_db *db, const char *tenant, const char *mandate, const char
             out->reason = "artifact_stale";
         else if (eff != CH__M_ACTIVE)
             out->reason = state_reasons[eff];
-        else if (!ch__ancestors_hold(m, now, false))
+        else if (ch__ancestor_not_holding(m, now, false) != NULL)
             out->reason = "ancestor_inactive";
         else if (actor != NULL && st->actor != NULL && strcmp(actor, st->actor) != 0)
             out->reason = "actor_mismatch";

@@ -14,7 +14,6 @@
 #include "mandates/mandates.h"
 
 #define MAX_DEPTH 16
-#define put_lit(b, lit) ch_buf_append((b), (lit), sizeof(lit) - 1)
 #define EVIDENCE_MAX (64 * 1024)
 #define PURPOSE_MAX 4096
 #define REASON_MAX 1024
@@ -310,13 +309,12 @@ static ch_status holds(const ch__mandate *m, int64_t now, ch_err *e)
     int eff = ch__mandate_effective(m, now, true);
     if (eff != CH__M_ACTIVE)
         return inactive(e, m, eff, eff == CH__M_PROPOSED ? "is not approved yet" : "is not active");
-    for (const ch__mandate *a = m->parent; a != NULL; a = a->parent) {
+    const ch__mandate *a = ch__ancestor_not_holding(m, now, true);
+    if (a != NULL) {
         int aeff = ch__mandate_effective(a, now, true);
-        if (aeff != CH__M_ACTIVE) {
-            ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s has an ancestor, %s, that is %s",
-                       m->id, a->id, ch__mandate_state_name(aeff));
-            return with_state(e, CH_MANDATE_INACTIVE, aeff);
-        }
+        ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s has an ancestor, %s, that is %s",
+                   m->id, a->id, ch__mandate_state_name(aeff));
+        return with_state(e, CH_MANDATE_INACTIVE, aeff);
     }
     return CH_OK;
 }

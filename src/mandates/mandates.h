@@ -33,6 +33,9 @@ int ch__mandate_state_parse(const char *name);
 /* revoked, expired and completed are final. */
 #define CH__M_FINAL(s) ((s) >= CH__M_REVOKED)
 
+/* Appends a string literal to a ch_buf. */
+#define put_lit(b, lit) ch_buf_append((b), (lit), sizeof(lit) - 1)
+
 typedef struct ch__usage {
     int64_t tokens;
     double cost_usd;
@@ -128,9 +131,9 @@ ch_status ch__registry_insert(ch__registry *reg, const char *tenant, const char 
 int ch__mandate_state_at(const ch__mandate *m, int64_t now, bool writer_view,
                          const ch__mandate **cause);
 int ch__mandate_effective(const ch__mandate *m, int64_t now, bool writer_view);
-/* Does every ancestor of m hold at now (active, not expired)? view selects the
- * writer's view (true) or the published one (false). */
-bool ch__ancestors_hold(const ch__mandate *m, int64_t now, bool writer_view);
+/* The nearest ancestor of m that does not hold at now (not active, or expired), or
+ * NULL when every ancestor holds. writer_view as for ch__mandate_state_at. */
+const ch__mandate *ch__ancestor_not_holding(const ch__mandate *m, int64_t now, bool writer_view);
 
 /* Record helpers. */
 ch__mstate *ch__mstate_copy(const ch__mstate *st);
@@ -143,8 +146,8 @@ ch__mstate *ch__mstate_from_doc(const json_t *doc, char parent[CH_ID_MAX]);
 /* The public JSON of a mandate (published view when writer_view is false). */
 json_t *ch__mandate_json(const ch__mandate *m, bool writer_view, const ch__usage *spent);
 
-/* Wakes the expiry timer (after a publish that may have moved a deadline earlier). */
-void ch__registry_expiry_start(ch__registry *reg, ch_db *db);
+/* Starts and stops the expiry timer thread (ch-expiry). */
+void ch__registry_expiry_start(ch__registry *reg);
 void ch__registry_expiry_stop(ch__registry *reg);
 
 /* ---- check.c ---- */
@@ -156,8 +159,6 @@ ch__audit_queue *ch__audit_queue_new(ch_db *db);
 void ch__audit_queue_start(ch__audit_queue *q);
 void ch__audit_queue_stop(ch__audit_queue *q);
 void ch__audit_queue_free(ch__audit_queue *q);
-/* Decisions dropped from the audit log because the queue was full. */
-uint64_t ch__audit_dropped(ch__audit_queue *q);
 /* The writer's op that writes the queued decisions. */
 extern const ch__op_def ch__audit_flush_op;
 /* Appends one audit record of a mandate change (data: JSON object text) inside the

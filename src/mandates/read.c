@@ -119,7 +119,7 @@ ch_status ch_mandate_artifact(ch_db *db, const char *tenant, const char *id, con
     if (st == NULL) {
         rc = ch_err_set(e, CH_NOT_FOUND, NULL, "no such mandate");
     } else if (ch__mandate_effective(m, now, false) != CH__M_ACTIVE ||
-               !ch__ancestors_hold(m, now, false)) {
+               ch__ancestor_not_holding(m, now, false) != NULL) {
         rc = ch_err_set(e, CH_MANDATE_INACTIVE, NULL, "mandate %s does not hold", id);
         snprintf(e->state, sizeof(e->state), "%s",
                  ch__mandate_state_name(ch__mandate_effective(m, now, false)));

@@ -289,14 +289,13 @@ int ch__mandate_effective(const ch__mandate *m, int64_t now, bool writer_view)
     return ch__mandate_state_at(m, now, writer_view, NULL);
 }
 
-bool ch__ancestors_hold(const ch__mandate *m, int64_t now, bool writer_view)
+const ch__mandate *ch__ancestor_not_holding(const ch__mandate *m, int64_t now, bool writer_view)
 {
     for (const ch__mandate *a = m->parent; a != NULL; a = a->parent) {
-        const ch__mstate *st = writer_view ? ch__mview(a) : a->cur;
-        if (st == NULL || ch__mandate_effective(a, now, writer_view) != CH__M_ACTIVE)
-            return false;
+        if (ch__mandate_effective(a, now, writer_view) != CH__M_ACTIVE)
+            return a;
     }
-    return true;
+    return NULL;
 }
 
 /* ---- the table ------------------------------------------------------------------ */
@@ -813,9 +812,8 @@ static void *expiry_main(void *arg)
     return NULL;
 }
 
-void ch__registry_expiry_start(ch__registry *reg, ch_db *db)
+void ch__registry_expiry_start(ch__registry *reg)
 {
-    reg->db = db;
     if (pthread_create(&reg->ex_thread, NULL, expiry_main, reg) == 0)
         reg->ex_running = true;
     else
