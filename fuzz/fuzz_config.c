@@ -63,12 +63,17 @@ static void check_config(const ch_config *c, bool json)
         fail("log_level out of range", "");
     if (c->drain_timeout < 0 || c->retention.close_idle_after < 0 ||
         c->retention.archive_closed_after < 0 || c->retention.delete_archived_after < 0 ||
-        c->retention.sweep_interval < 0 || c->max_staleness < 0 || c->events_retention < 0)
+        c->retention.sweep_interval < 0 || c->max_staleness < 0 || c->events_retention < 0 ||
+        c->ephemeral.default_ttl < 0 || c->ephemeral.max_ttl < 0 || c->ephemeral.idle_ttl < 0 ||
+        c->ephemeral.command_ttl < 0 || c->ephemeral.gc_interval < 0 ||
+        c->ephemeral.lock_grace < 0)
         fail("negative duration", "");
+    if (c->ephemeral.engine[0] == '\0' || c->ephemeral.redis_url[0] == '\0')
+        fail("empty ephemeral engine or redis_url", "");
     if (!json)
         return;
     json_t *j = ch_config_to_json(c);
-    if (j == NULL || json_object_size(j) != 13)
+    if (j == NULL || json_object_size(j) != 25)
         fail("ch_config_to_json lost keys", c->data_dir);
     json_decref(j);
 }

@@ -55,7 +55,9 @@ extern "C" {
     XX(CONFIG, "config", "invalid configuration")                                          \
     XX(EXISTS, "exists", "already exists")                                                 \
     XX(NOT_SUBSET, "not_subset", "exceeds the authority it derives from")                  \
-    XX(NO_CHANGE, "no_change", "the request changes nothing")
+    XX(NO_CHANGE, "no_change", "the request changes nothing")                              \
+    XX(SCOPE_LOCKED, "scope_locked", "the scope is locked")                                \
+    XX(UNAVAILABLE, "unavailable", "a backing service is unavailable")
 
 typedef enum ch_status {
 #define CH__STATUS_ENUM(name, code, msg) CH_##name,
@@ -92,6 +94,9 @@ CH_API ch_status ch_err_set(ch_err *e, ch_status st, const char *field, const ch
 
 /* Writes a new id with prefix ("sess") into out (CH_ID_MAX bytes). */
 CH_API void ch_id_new(const char *prefix, char out[CH_ID_MAX]);
+/* The same form with all 128 bits random (no time part): for ids that must not be
+ * guessable, such as ephemeral scopes ("eph_..."). */
+CH_API void ch_id_new_random(const char *prefix, char out[CH_ID_MAX]);
 /* True when s is a well-formed id with this prefix. */
 CH_API bool ch_id_valid(const char *prefix, const char *s);
 
@@ -121,6 +126,9 @@ CH_API ch_status ch_size_parse(const char *s, uint64_t *bytes);
 CH_API char *ch_json_canonical(const json_t *v, size_t *len);
 /* SHA-256 (libsodium) of the canonical serialization of v. */
 CH_API ch_status ch_json_sha256(const json_t *v, uint8_t out[32]);
+/* Overwrites every string value in v (recursively) with zeros, for callers that held
+ * a secret in a parsed tree; keys and numbers are left as they are. */
+CH_API void ch_json_wipe(json_t *v);
 /* Parses a request body: it must be UTF-8 JSON, at most 64 levels deep, and an
  * object. On failure fills e (bad_json / bad_request) and returns NULL. */
 CH_API json_t *ch_json_parse_object(const char *buf, size_t len, ch_err *e);
@@ -146,6 +154,21 @@ typedef struct ch_retention {
     int64_t sweep_interval;        /* ms between sweeps */
 } ch_retention;
 
+/* ephemeral.*: the clock and engine of ephemeral scopes. Durations in ms. */
+typedef struct ch_ephemeral_config {
+    char engine[32];      /* "memory" (default), "sqlite", "redis" */
+    char redis_url[256];  /* redis://HOST:PORT[/DB] */
+    int64_t default_ttl;  /* 600s */
+    int64_t max_ttl;      /* 3600s: no scope lives longer than this from its creation */
+    int64_t idle_ttl;     /* 0 = none */
+    int64_t command_ttl;  /* 60s: default lifetime of a `command` scope */
+    int64_t gc_interval;  /* 30s: the sweep that backs up the timers */
+    int64_t lock_grace;   /* 60s: extra time a locked scope gets at its deadline */
+    bool purge_on_error;  /* an engine failure on a scope destroys the scope */
+    bool log_evictions;   /* one log line (id, reason) per eviction */
+    bool exact_expiry;    /* per-scope timers; false leaves expiry to the GC sweep */
+} ch_ephemeral_config;
+
 typedef struct ch_config {
     char listen[256];     /* "127.0.0.1:7433" */
     char data_dir[1024];  /* "./charter-data" */
@@ -157,6 +180,8 @@ typedef struct ch_config {
     ch_retention retention;
     int64_t max_staleness;    /* ms: mandates.max_staleness, longest artifact life (30s) */
     int64_t events_retention; /* ms: events.retention, stream history kept (7d; 0 = all) */
+    bool core_dumps;          /* false: `charter serve` makes itself undumpable */
+    ch_ephemeral_config ephemeral;
 } ch_config;
 
 /* Fills c with the built-in defaults. */
@@ -266,6 +291,8 @@ typedef enum ch_op {
     CH_OP_MANDATE_COMPLETE,  /* id */
     CH_OP_MANDATE_EXPIRE,    /* internal: body = array of ids whose deadline passed */
     CH_OP_AUDIT_FLUSH,       /* internal: writes queued check decisions */
+    CH_OP_SCOPE_COMPLETE,    /* id = scope; body: {session?, keys?, transfer_secrets?} */
+    CH_OP_STREAM_PUBLISH,    /* internal: body = array of {tenant, type, data} */
     CH__OP_COUNT
 } ch_op;
 
@@ -387,6 +414,52 @@ CH_API int64_t ch_stream_last(ch_db *db);
  * time new stream events have been made durable. fn must not block. Set it before
  * writes start; one listener. */
 CH_API void ch_db_on_stream(ch_db *db, void (*fn)(void *arg, int64_t last_id), void *arg);
+
+/* ---------------------------------------------------------------------------------
+ * Ephemeral scopes: short-lived JSON context for one agent and task, with a clock
+ * (ttl, idle_ttl, auto-extension up to ephemeral.max_ttl), a lock, and a flow
+ * (`command`, `scoped`, `secure`). They live in memory and in the configured engine,
+ * never survive a restart, and are answered on the calling thread without touching
+ * the durable store. Completion (CH_OP_SCOPE_COMPLETE) is a write: it copies chosen
+ * keys into a session's facts through the writer, then purges the scope.
+ *
+ * Each call appends its reply, a JSON object's text, to out (see docs/api.md for the
+ * shapes) and counts as a use of the scope (idle time restarts; auto_extend scopes
+ * move their deadline). Another tenant's scope is CH_NOT_FOUND; a mutation of a locked
+ * scope is CH_SCOPE_LOCKED.
+ * ------------------------------------------------------------------------------- */
+typedef enum ch_scope_verb {
+    CH_SCOPE_LOCK,    /* body: NULL */
+    CH_SCOPE_UNLOCK,  /* body: NULL */
+    CH_SCOPE_EXTEND,  /* body: {ttl} */
+    CH_SCOPE_UPGRADE, /* body: {ttl?} or NULL: a `command` scope becomes `scoped` */
+} ch_scope_verb;
+
+/* body: {agent, ttl?, idle_ttl?, flow?, auto_extend?, context?} → the scope. */
+CH_API ch_status ch_scope_create(ch_db *db, const char *tenant, const json_t *body, ch_buf *out,
+                                 ch_err *e);
+CH_API ch_status ch_scope_get(ch_db *db, const char *tenant, const char *id, ch_buf *out,
+                              ch_err *e);
+/* body: {context}: keys set, a null value removes the key → the scope. */
+CH_API ch_status ch_scope_merge(ch_db *db, const char *tenant, const char *id,
+                                const json_t *body, ch_buf *out, ch_err *e);
+/* body: {value} → {key, value, expires_at}. */
+CH_API ch_status ch_scope_put_key(ch_db *db, const char *tenant, const char *id, const char *key,
+                                  const json_t *body, ch_buf *out, ch_err *e);
+/* → {key, value}; CH_NOT_FOUND (field "key") when the context has no such key. */
+CH_API ch_status ch_scope_get_key(ch_db *db, const char *tenant, const char *id, const char *key,
+                                  ch_buf *out, ch_err *e);
+/* lock, unlock, extend, upgrade → the scope. */
+CH_API ch_status ch_scope_act(ch_db *db, const char *tenant, const char *id, ch_scope_verb verb,
+                              const json_t *body, ch_buf *out, ch_err *e);
+/* Purges the scope (reason `purged`). */
+CH_API ch_status ch_scope_delete(ch_db *db, const char *tenant, const char *id, ch_err *e);
+/* The agent has exited: purges every scope of (tenant, agent), locked or not, with
+ * reason `agent_exited` → {agent, purged}. */
+CH_API ch_status ch_scope_purge_agent(ch_db *db, const char *tenant, const char *agent,
+                                      ch_buf *out, ch_err *e);
+/* Prometheus text of the scope metrics (appended to out). */
+CH_API void ch_scope_render_metrics(ch_db *db, ch_buf *out);
 
 /* ---------------------------------------------------------------------------------
  * Mandate artifacts: offline verification of the signed tokens that

@@ -17,6 +17,9 @@
 typedef struct ch__op_def {
     ch_status (*prepare)(ch_db *db, ch_req *req);
     ch_status (*exec)(ch_db *db, ch_store *w, ch_req *req);
+    /* Optional: runs on the syncer thread once the request's outcome is final (its
+     * commit durable, or failed), just before done(). */
+    void (*finish)(ch_db *db, ch_req *req);
 } ch__op_def;
 
 /* What libcharter keeps per request between prepare and exec. */
@@ -32,6 +35,7 @@ struct ch__req_priv {
 extern const ch__op_def *const ch__session_ops[CH__OP_COUNT];
 extern const ch__op_def *const ch__key_ops[CH__OP_COUNT];
 extern const ch__op_def *const ch__mandate_ops[CH__OP_COUNT];
+extern const ch__op_def *const ch__scope_ops[CH__OP_COUNT];
 
 /* The db's backend, mandate registry, audit queue and signer. */
 const ch_store_methods *ch__db_store(ch_db *db);
@@ -84,6 +88,14 @@ void ch__reader_put(ch_db *db, ch_store *r);
 /* The built-in SQLite backend. */
 extern const ch_store_methods ch__sqlite_methods;
 
+/* The built-in ephemeral scope engines, and the one `secure` scopes always use:
+ * process memory from libsodium's guarded allocator (locked, excluded from core
+ * dumps, wiped when freed). It is not registered, so it cannot be configured away. */
+extern const ch_scope_engine_methods ch__scope_memory_methods;
+extern const ch_scope_engine_methods ch__scope_sqlite_methods;
+extern const ch_scope_engine_methods ch__scope_redis_methods;
+extern const ch_scope_engine_methods ch__scope_secure_methods;
+
 /* "May this session continue?" — the one question every resume, append and move out
  * of `inert` asks before going on. Returns CH_OK, or CH_MANDATE_INACTIVE with e
  * filled. This is the seam the mandate layer plugs into. */
@@ -92,6 +104,11 @@ ch_status ch__session_may_continue(ch_db *db, ch_store *w, const ch_session_rec 
 /* Appends one charter-written event (lifecycle, summary) to s at s->seq + 1. */
 ch_status ch__session_append_system(ch_store *w, ch_session_rec *s, const char *kind,
                                     json_t *content, int64_t now);
+
+/* Writes each key of facts (an object) as a fact of session id (of tenant), in the
+ * current transaction. An unknown session is CH_INVALID_VALUE naming "session". */
+ch_status ch__session_put_facts(ch_store *w, const char *tenant, const char *id,
+                               const json_t *facts, int64_t now, ch_err *e);
 
 /* Builds the public JSON of a session record. */
 json_t *ch__session_to_json(const ch_session_rec *s);

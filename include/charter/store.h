@@ -249,6 +249,64 @@ struct ch_store_methods {
                             int64_t after, int limit, ch_audit_cb cb, void *arg);
 };
 
+/* ---------------------------------------------------------------------------------
+ * Ephemeral scope engines: where the context of a `scoped` ephemeral scope lives.
+ *
+ * charter keeps every scope's clock, lock, flow and owner in its own memory and
+ * decides expiry itself (timers, then the GC sweep); an engine only holds context
+ * text. So an engine needs no notion of time beyond a backstop: `expires_at` is a
+ * moment after which charter will never ask for the context again, and an engine that
+ * can expire data on its own (Redis) uses it so nothing outlives a crashed server.
+ *
+ * Contract every engine keeps (tests/unit/test_scope_engines.c checks it for each):
+ * - open() removes every scope a previous run left behind: scopes never survive a
+ *   restart;
+ * - calls for one scope id never overlap (charter serializes them), calls for
+ *   different ids may come from several threads at once;
+ * - `slot` is one pointer charter keeps beside each scope for the engine's own use
+ *   (NULL before the first put; the memory engine keeps the text there). Engines that
+ *   address context by id ignore it;
+ * - get() hands the text to cb, valid only during the call; CH_NOT_FOUND when the
+ *   scope has no context stored;
+ * - failures to reach the engine are CH_UNAVAILABLE, other storage failures CH_IO.
+ * ------------------------------------------------------------------------------- */
+#define CH_SCOPE_ENGINE_VERSION 1
+
+typedef struct ch_scope_engine ch_scope_engine;
+typedef struct ch_scope_engine_methods ch_scope_engine_methods;
+typedef void (*ch_scope_text_cb)(void *arg, const char *text, size_t len);
+
+struct ch_scope_engine {
+    const ch_scope_engine_methods *methods;
+};
+
+struct ch_scope_engine_methods {
+    int version;      /* the CH_SCOPE_ENGINE_VERSION this table implements */
+    const char *name; /* "memory", "sqlite", "redis" */
+
+    /* Opens the engine for cfg (data_dir, ephemeral.redis_url) and removes what a
+     * previous run left. */
+    ch_status (*open)(const ch_config *cfg, ch_scope_engine **out, ch_err *e);
+    void (*close)(ch_scope_engine *en);
+
+    /* Stores text (len bytes, a JSON object) as the whole context of id. */
+    ch_status (*put)(ch_scope_engine *en, const char *id, void **slot, const char *text,
+                     size_t len, int64_t expires_at);
+    ch_status (*get)(ch_scope_engine *en, const char *id, void *const *slot, ch_scope_text_cb cb,
+                     void *arg);
+    /* Removes id's context (CH_OK when there was none) and clears *slot. */
+    ch_status (*del)(ch_scope_engine *en, const char *id, void **slot);
+    /* Moves the backstop; NULL when the engine has none. */
+    ch_status (*expire)(ch_scope_engine *en, const char *id, void *const *slot,
+                        int64_t expires_at);
+};
+
+/* Registers an engine under methods->name (before ch_db_open). The built-in "memory",
+ * "sqlite" and "redis" engines are always registered. CH_EXISTS if the name is taken. */
+CH_API ch_status ch_scope_engine_register(const ch_scope_engine_methods *methods);
+/* The engine registered under name, or NULL. */
+CH_API const ch_scope_engine_methods *ch_scope_engine_find(const char *name);
+
 /* Registers a backend under methods->name (before ch_db_open). The built-in "sqlite"
  * backend is always registered. CH_EXISTS if the name is taken. */
 CH_API ch_status ch_store_register(const ch_store_methods *methods);

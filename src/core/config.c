@@ -14,7 +14,16 @@
 
 #include "charter.h"
 
-typedef enum { K_STRING, K_INT, K_SIZE, K_DURATION, K_LOG_LEVEL, K_LISTEN } key_kind;
+typedef enum {
+    K_STRING,
+    K_INT,
+    K_SIZE,
+    K_DURATION,
+    K_LOG_LEVEL,
+    K_LISTEN,
+    K_BOOL,
+    K_SECONDS
+} key_kind;
 
 typedef struct key_def {
     const char *name;
@@ -40,6 +49,18 @@ static const key_def keys[] = {
     {"sessions.retention.sweep_interval", K_DURATION, FIELD(retention.sweep_interval)},
     {"mandates.max_staleness", K_DURATION, FIELD(max_staleness)},
     {"events.retention", K_DURATION, FIELD(events_retention)},
+    {"core_dumps", K_BOOL, FIELD(core_dumps)},
+    {"ephemeral.engine", K_STRING, FIELD(ephemeral.engine)},
+    {"ephemeral.redis_url", K_STRING, FIELD(ephemeral.redis_url)},
+    {"ephemeral.default_ttl", K_SECONDS, FIELD(ephemeral.default_ttl)},
+    {"ephemeral.max_ttl", K_SECONDS, FIELD(ephemeral.max_ttl)},
+    {"ephemeral.idle_ttl", K_SECONDS, FIELD(ephemeral.idle_ttl)},
+    {"ephemeral.command_ttl", K_SECONDS, FIELD(ephemeral.command_ttl)},
+    {"ephemeral.gc_interval", K_DURATION, FIELD(ephemeral.gc_interval)},
+    {"ephemeral.lock_grace", K_DURATION, FIELD(ephemeral.lock_grace)},
+    {"ephemeral.purge_on_error", K_BOOL, FIELD(ephemeral.purge_on_error)},
+    {"ephemeral.log_evictions", K_BOOL, FIELD(ephemeral.log_evictions)},
+    {"ephemeral.exact_expiry", K_BOOL, FIELD(ephemeral.exact_expiry)},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -59,6 +80,18 @@ void ch_config_defaults(ch_config *c)
     c->retention.sweep_interval = 60000;
     c->max_staleness = 30000;
     c->events_retention = 7LL * 86400000;
+    c->core_dumps = false;
+    snprintf(c->ephemeral.engine, sizeof(c->ephemeral.engine), "memory");
+    snprintf(c->ephemeral.redis_url, sizeof(c->ephemeral.redis_url), "redis://127.0.0.1:6379");
+    c->ephemeral.default_ttl = 600000;
+    c->ephemeral.max_ttl = 3600000;
+    c->ephemeral.idle_ttl = 0;
+    c->ephemeral.command_ttl = 60000;
+    c->ephemeral.gc_interval = 30000;
+    c->ephemeral.lock_grace = 60000;
+    c->ephemeral.purge_on_error = true;
+    c->ephemeral.log_evictions = true;
+    c->ephemeral.exact_expiry = true;
 }
 
 static const key_def *find_key(const char *name)
@@ -115,15 +148,32 @@ ch_status ch_config_set(ch_config *c, const char *key, const char *value, ch_err
         *(uint64_t *)p = n;
         return CH_OK;
     }
+    case K_SECONDS:
     case K_DURATION: {
         int64_t ms;
-        if (ch_duration_parse(value, &ms) != CH_OK)
+        /* A time to live may be a bare number of seconds ("default_ttl: 600"); other
+         * durations need their unit, so "10" is never guessed at. */
+        if (k->kind == K_SECONDS && value[0] != '\0' &&
+            strspn(value, "0123456789") == strlen(value) && strlen(value) < 12)
+            ms = strtoll(value, NULL, 10) * 1000;
+        else if (ch_duration_parse(value, &ms) != CH_OK)
             return ch_err_set(e, CH_CONFIG, key,
                               "%s: expected a duration like 500ms, 30s, 5m, 24h, 7d; got '%s'", key,
                               value);
         *(int64_t *)p = ms;
         return CH_OK;
     }
+    case K_BOOL:
+        if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0 || strcmp(value, "on") == 0 ||
+            strcmp(value, "1") == 0)
+            *(bool *)p = true;
+        else if (strcmp(value, "false") == 0 || strcmp(value, "no") == 0 ||
+                 strcmp(value, "off") == 0 || strcmp(value, "0") == 0)
+            *(bool *)p = false;
+        else
+            return ch_err_set(e, CH_CONFIG, key, "%s: expected true or false, got '%s'", key,
+                              value);
+        return CH_OK;
     case K_LOG_LEVEL:
         if (ch_log_level_parse(value, (ch_log_level *)p) != CH_OK)
             return ch_err_set(e, CH_CONFIG, key, "%s: expected debug, info, warn or error", key);
@@ -242,6 +292,7 @@ json_t *ch_config_to_json(const ch_config *c)
         case K_SIZE:
             v = json_integer((json_int_t) * (const uint64_t *)p);
             break;
+        case K_SECONDS:
         case K_DURATION: {
             char buf[32];
             snprintf(buf, sizeof(buf), "%lldms", (long long)*(const int64_t *)p);
@@ -250,6 +301,9 @@ json_t *ch_config_to_json(const ch_config *c)
         }
         case K_LOG_LEVEL:
             v = json_string(levels[*(const ch_log_level *)p]);
+            break;
+        case K_BOOL:
+            v = json_boolean(*(const bool *)p);
             break;
         }
         json_object_set_new(root, keys[i].name, v);

@@ -23,6 +23,7 @@
 #include <sodium.h>
 
 #include "core/signing.h"
+#include "ephemeral/ephemeral.h"
 #include "mandates/mandates.h"
 
 #define MAX_BATCH 4096
@@ -64,6 +65,7 @@ struct ch_db {
     ch__registry *registry; /* every mandate, in memory */
     ch__audit_queue *audit; /* check decisions waiting for the writer */
     ch__signer *signer;     /* the artifact signing key */
+    ch__eph *eph;           /* ephemeral scopes (NULL without background work) */
 
     /* The event stream: ids written by the running batch, committed, durable. */
     int64_t stream_batch;     /* writer only */
@@ -86,6 +88,11 @@ ch__registry *ch__db_registry(ch_db *db)
 ch__audit_queue *ch__db_audit(ch_db *db)
 {
     return db->audit;
+}
+
+ch__eph *ch__db_eph(ch_db *db)
+{
+    return db->eph;
 }
 
 const ch__signer *ch__db_signer(ch_db *db)
@@ -123,6 +130,8 @@ static const ch__op_def *op_def(ch_op op)
         return ch__session_ops[op];
     if (ch__mandate_ops[op] != NULL)
         return ch__mandate_ops[op];
+    if (ch__scope_ops[op] != NULL)
+        return ch__scope_ops[op];
     return ch__key_ops[op];
 }
 
@@ -283,6 +292,9 @@ static void *syncer_main(void *arg)
                 json_decref(r->result);
                 r->result = NULL;
             }
+            const ch__op_def *def = op_def(r->op);
+            if (def->finish != NULL)
+                def->finish(db, r);
             r->done(r);
         }
     }
@@ -342,13 +354,22 @@ ch_status ch_submit(ch_db *db, ch_req *req)
             return st;
         }
     }
-    if (__atomic_load_n(&db->sync_failed, __ATOMIC_ACQUIRE))
-        return ch_err_set(&req->err, CH_IO, NULL,
-                          "storage failed to sync; writes are refused until a restart");
+    /* Refused after prepare: finish() still runs, so an op can undo what its
+     * prepare set up. */
+    if (__atomic_load_n(&db->sync_failed, __ATOMIC_ACQUIRE)) {
+        st = ch_err_set(&req->err, CH_IO, NULL,
+                        "storage failed to sync; writes are refused until a restart");
+        if (def->finish != NULL)
+            def->finish(db, req);
+        return st;
+    }
     pthread_mutex_lock(&db->q_mu);
     if (db->stopping) {
         pthread_mutex_unlock(&db->q_mu);
-        return ch_err_set(&req->err, CH_SHUTTING_DOWN, NULL, NULL);
+        st = ch_err_set(&req->err, CH_SHUTTING_DOWN, NULL, NULL);
+        if (def->finish != NULL)
+            def->finish(db, req);
+        return st;
     }
     if (db->q_tail != NULL)
         db->q_tail->next = req;
@@ -476,6 +497,12 @@ ch_status ch_db_open(const ch_config *cfg, bool background, ch_db **out, ch_err 
     if (ch__signer_open(cfg->data_dir, &db->signer, e) != CH_OK ||
         ch__registry_open(db, db->w, &db->registry, e) != CH_OK)
         goto fail;
+    /* Ephemeral scopes belong to the serving process: opening an engine clears what
+     * it holds, which an offline admin command must never do to a running server. */
+    if (background && ch__eph_open(db, cfg, &db->eph, e) != CH_OK) {
+        db->eph = NULL;
+        goto fail;
+    }
     if ((db->audit = ch__audit_queue_new(db)) == NULL) {
         ch_err_set(e, CH_NOMEM, NULL, NULL);
         goto fail;
@@ -500,6 +527,8 @@ ch_status ch_db_open(const ch_config *cfg, bool background, ch_db **out, ch_err 
     }
     ch__audit_queue_start(db->audit);
     if (background)
+        ch__eph_start(db->eph);
+    if (background)
         ch__registry_expiry_start(db->registry);
     if (background && cfg->retention.sweep_interval > 0) {
         if (pthread_create(&db->sweeper, NULL, sweeper_main, db) == 0)
@@ -508,6 +537,7 @@ ch_status ch_db_open(const ch_config *cfg, bool background, ch_db **out, ch_err 
     *out = db;
     return CH_OK;
 fail:
+    ch__eph_close(db->eph);
     ch__registry_close(db->registry);
     ch__audit_queue_free(db->audit);
     ch__signer_close(db->signer);
@@ -528,7 +558,9 @@ void ch_db_close(ch_db *db)
         pthread_mutex_unlock(&db->sw_mu);
         pthread_join(db->sweeper, NULL);
     }
-    /* No more expiries; queued check decisions are written before the writer stops. */
+    /* No more expiries; scope notices and queued check decisions are written before
+     * the writer stops. */
+    ch__eph_stop(db->eph);
     ch__registry_expiry_stop(db->registry);
     ch__audit_queue_stop(db->audit);
     ch_req flush = {.op = CH_OP_AUDIT_FLUSH};
@@ -547,6 +579,7 @@ void ch_db_close(ch_db *db)
     pthread_mutex_unlock(&db->s_mu);
     pthread_join(db->syncer, NULL);
 
+    ch__eph_close(db->eph);
     ch__registry_close(db->registry);
     ch__audit_queue_free(db->audit);
     ch__signer_close(db->signer);
@@ -585,4 +618,5 @@ void ch_db_render_metrics(ch_db *db, ch_buf *out)
                   (unsigned long long)__atomic_load_n(&db->commit_failures, __ATOMIC_RELAXED),
                   (unsigned long long)__atomic_load_n(&db->fsync_failures, __ATOMIC_RELAXED));
     ch__mandate_metrics(db, out);
+    ch_scope_render_metrics(db, out);
 }

@@ -90,3 +90,29 @@ json_t *ch_json_parse_object(const char *buf, size_t len, ch_err *e)
     }
     return v;
 }
+
+void ch_json_wipe(json_t *v)
+{
+    const char *k;
+    json_t *x;
+    size_t i;
+
+    if (v == NULL)
+        return;
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        json_object_foreach(v, k, x)
+            ch_json_wipe(x);
+        break;
+    case JSON_ARRAY:
+        json_array_foreach(v, i, x)
+            ch_json_wipe(x);
+        break;
+    case JSON_STRING:
+        /* jansson owns the bytes; the tree is the caller's and about to be released. */
+        sodium_memzero((char *)json_string_value(v), json_string_length(v));
+        break;
+    default:
+        break;
+    }
+}

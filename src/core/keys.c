@@ -56,8 +56,8 @@ static ch_status key_create_prepare(ch_db *db, ch_req *req)
         return ch_err_set(&req->err, CH_NOMEM, NULL, NULL);
     randombytes_buf(raw, sizeof(raw));
     memcpy(p->key, KEY_PREFIX, sizeof(KEY_PREFIX) - 1);
-    sodium_bin2base64(p->key + sizeof(KEY_PREFIX) - 1, sizeof(p->key) - sizeof(KEY_PREFIX) + 1,
-                      raw, sizeof(raw), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_bin2base64(p->key + sizeof(KEY_PREFIX) - 1, sizeof(p->key) - sizeof(KEY_PREFIX) + 1, raw,
+                      sizeof(raw), sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     sodium_memzero(raw, sizeof(raw));
     hash_key(p->key, p->hash);
     req->priv->prep = p;
@@ -75,7 +75,7 @@ static ch_status key_create_exec(ch_db *db, ch_store *w, ch_req *req)
     return CH_OK;
 }
 
-static const ch__op_def key_create_op = {key_create_prepare, key_create_exec};
+static const ch__op_def key_create_op = {.prepare = key_create_prepare, .exec = key_create_exec};
 
 const ch__op_def *const ch__key_ops[CH__OP_COUNT] = {
     [CH_OP_KEY_CREATE] = &key_create_op,

@@ -84,8 +84,7 @@ static void *flusher_main(void *arg)
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;
         }
-        while (q->n < AUDIT_BATCH && !q->stop &&
-               pthread_cond_timedwait(&q->cv, &q->mu, &ts) == 0)
+        while (q->n < AUDIT_BATCH && !q->stop && pthread_cond_timedwait(&q->cv, &q->mu, &ts) == 0)
             ;
         pthread_mutex_unlock(&q->mu);
         ch_req req = {.op = CH_OP_AUDIT_FLUSH};
@@ -297,8 +296,8 @@ static void decision_text(ch_buf *b, const aitem *it)
     put_str(b, it->resource);
     put_lit(b, ",\"class\":");
     put_str(b, it->cls);
-    ch_buf_printf(b, "},\"allow\":%s,\"reason\":\"%s\",\"mandate_version\":", it->allow ? "true" : "false",
-                  it->reason);
+    ch_buf_printf(b, "},\"allow\":%s,\"reason\":\"%s\",\"mandate_version\":",
+                  it->allow ? "true" : "false", it->reason);
     if (it->version)
         ch_buf_printf(b, "%lld}", (long long)it->version);
     else
@@ -353,9 +352,14 @@ static ch_status flush_exec(ch_db *db, ch_store *w, ch_req *req)
         if (rc == CH_OK && text.data == NULL)
             rc = CH_NOMEM;
         if (rc == CH_OK) {
-            ch_audit_row row = {0,         first->tenant, first->at,   "checks",
+            ch_audit_row row = {0,
+                                first->tenant,
+                                first->at,
+                                "checks",
                                 first->mandate ? first->mandate : "",
-                                first->lineage ? first->lineage : "", text.data, text.len};
+                                first->lineage ? first->lineage : "",
+                                text.data,
+                                text.len};
             rc = ch__db_store(db)->audit_append(w, &row);
         }
         while (first != it) {
@@ -371,7 +375,7 @@ static ch_status flush_exec(ch_db *db, ch_store *w, ch_req *req)
     return rc;
 }
 
-const ch__op_def ch__audit_flush_op = {NULL, flush_exec};
+const ch__op_def ch__audit_flush_op = {.exec = flush_exec};
 
 ch_status ch__audit_write(ch_store *w, const ch__mandate *m, const char *kind, const char *data,
                           int64_t now)
@@ -411,8 +415,7 @@ static bool over_budget(const ch__mandate *m)
 
 /* The check; want_version > 0 (an artifact's) also requires that version. */
 static void check(ch_db *db, const char *tenant, const char *mandate, const char *actor,
-                  const char *session, const ch_action *a, int64_t want_version,
-                  ch_decision *out)
+                  const char *session, const ch_action *a, int64_t want_version, ch_decision *out)
 {
     ch__registry *reg = ch__db_registry(db);
     int64_t now = ch_now_ms();
@@ -440,9 +443,9 @@ static void check(ch_db *db, const char *tenant, const char *mandate, const char
         else if (actor != NULL && st->actor != NULL && strcmp(actor, st->actor) != 0)
             out->reason = "actor_mismatch";
         else {
-            ch__verdict v = ch__scope_allows(&st->scope, a->tool ? a->tool : "",
-                                             a->lane ? a->lane : "",
-                                             a->resource ? a->resource : "", cls);
+            ch__verdict v =
+                ch__scope_allows(&st->scope, a->tool ? a->tool : "", a->lane ? a->lane : "",
+                                 a->resource ? a->resource : "", cls);
             if (v != CH__ALLOW)
                 out->reason = verdict_reasons[v];
             else if (over_budget(m))
@@ -462,8 +465,8 @@ void ch_check(ch_db *db, const char *tenant, const char *mandate, const char *ac
     check(db, tenant, mandate, actor, session, action, 0, out);
 }
 
-static const char *const check_fields[] = {"mandate", "artifact", "actor", "session", "action",
-                                           NULL};
+static const char *const check_fields[] = {"mandate", "artifact", "actor",
+                                           "session", "action",   NULL};
 static const char *const action_fields[] = {"tool", "lane", "resource", "class", NULL};
 
 /* Parses a check request and decides it. *echo is the mandate the reply names (a
@@ -496,8 +499,7 @@ static ch_status check_request(ch_db *db, const char *tenant, const json_t *body
     if ((rc = ch__fields_known(act, "action.", action_fields, e)) != CH_OK ||
         (rc = ch__field_string(act, "action.", "tool", true, 256, &a.tool, e)) != CH_OK ||
         (rc = ch__field_string(act, "action.", "lane", true, 256, &a.lane, e)) != CH_OK ||
-        (rc = ch__field_string(act, "action.", "resource", true, 4096, &a.resource, e)) !=
-            CH_OK ||
+        (rc = ch__field_string(act, "action.", "resource", true, 4096, &a.resource, e)) != CH_OK ||
         (rc = ch__field_string(act, "action.", "class", true, 32, &a.cls, e)) != CH_OK)
         return rc;
     if (ch__class_parse(a.cls) == 0)
@@ -528,8 +530,8 @@ static ch_status check_request(ch_db *db, const char *tenant, const json_t *body
             audit_push(db, tenant, NULL, NULL, actor, session, &a, &d);
             mandate = NULL;
         } else {
-            check(db, tenant, t && strcmp(t, tenant) == 0 ? mandate : NULL, actor, session, &a,
-                  ver, &d);
+            check(db, tenant, t && strcmp(t, tenant) == 0 ? mandate : NULL, actor, session, &a, ver,
+                  &d);
         }
     } else {
         check(db, tenant, mandate, actor, session, &a, 0, &d);
@@ -540,8 +542,7 @@ static ch_status check_request(ch_db *db, const char *tenant, const json_t *body
     return CH_OK;
 }
 
-ch_status ch_check_text(ch_db *db, const char *tenant, const json_t *body, ch_buf *out,
-                        ch_err *e)
+ch_status ch_check_text(ch_db *db, const char *tenant, const json_t *body, ch_buf *out, ch_err *e)
 {
     ch_decision d;
     const char *mandate = NULL;
@@ -572,8 +573,7 @@ ch_status ch_check_text(ch_db *db, const char *tenant, const json_t *body, ch_bu
     return out->data ? CH_OK : ch_err_set(e, CH_NOMEM, NULL, NULL);
 }
 
-ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_t **out,
-                        ch_err *e)
+ch_status ch_check_json(ch_db *db, const char *tenant, const json_t *body, json_t **out, ch_err *e)
 {
     ch_buf text = {0};
     ch_status rc = ch_check_text(db, tenant, body, &text, e);
@@ -612,15 +612,13 @@ static int add_one(audit_ctx *c, const ch_audit_row *r, json_t *rec, int64_t id,
     }
     ch_time_format(at, when);
     /* Fields a record kind does not have are null. */
-    static const char *const optional[] = {"actor",  "session",         "action",
-                                           "allow",  "reason",          "mandate_version",
-                                           "decision_id", NULL};
+    static const char *const optional[] = {"actor",  "session",         "action",      "allow",
+                                           "reason", "mandate_version", "decision_id", NULL};
     for (int i = 0; rec && optional[i]; i++) {
         if (json_object_get(rec, optional[i]) == NULL)
             json_object_set_new(rec, optional[i], json_null());
     }
-    if (rec == NULL || lineage == NULL ||
-        json_object_set_new(rec, "id", json_integer(id)) != 0 ||
+    if (rec == NULL || lineage == NULL || json_object_set_new(rec, "id", json_integer(id)) != 0 ||
         json_object_set_new(rec, "at", json_string(when)) != 0 ||
         json_object_set_new(rec, "kind", json_string(kind)) != 0 ||
         json_object_set_new(rec, "mandate",
@@ -689,10 +687,10 @@ ch_status ch_audit_list(ch_db *db, const char *tenant, const char *mandate, int6
      * one holding record `after` on; each row gives at least one record past it but
      * that first one, so limit + 2 rows always suffice. */
     audit_ctx c = {json_array(), after, limit + 1, 0, false};
-    ch_status rc = c.records ? ch__db_store(db)->audit_list(r, tenant, prefix,
-                                                              after / AUDIT_PACK - 1, limit + 2,
-                                                              add_record, &c)
-                             : CH_NOMEM;
+    ch_status rc = c.records
+                       ? ch__db_store(db)->audit_list(r, tenant, prefix, after / AUDIT_PACK - 1,
+                                                      limit + 2, add_record, &c)
+                       : CH_NOMEM;
     ch__reader_put(db, r);
     free(prefix);
     if (rc == CH_OK && c.nomem)

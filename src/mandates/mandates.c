@@ -39,8 +39,8 @@ static ch_status parse_budget(const json_t *body, ch__budget *b, ch_err *e)
         CH_OK)
         return rc;
     b->has_cost = present;
-    if ((rc = ch__field_int(o, "budget.", "tool_calls", false, 0, INT64_C(1) << 53,
-                            &b->tool_calls, &present, e)) != CH_OK)
+    if ((rc = ch__field_int(o, "budget.", "tool_calls", false, 0, INT64_C(1) << 53, &b->tool_calls,
+                            &present, e)) != CH_OK)
         return rc;
     b->has_calls = present;
     return CH_OK;
@@ -123,8 +123,7 @@ static ch_status set_prep(ch_req *req, mprep *p)
 }
 
 /* The fields shared by create and delegate. */
-static ch_status parse_record(const json_t *body, bool delegate, int64_t now, mprep *p,
-                              ch_err *e)
+static ch_status parse_record(const json_t *body, bool delegate, int64_t now, mprep *p, ch_err *e)
 {
     const char *purpose, *approver = NULL, *actor;
     bool present;
@@ -160,12 +159,12 @@ static ch_status parse_record(const json_t *body, bool delegate, int64_t now, mp
     return CH_OK;
 }
 
-static const char *const create_fields[] = {"purpose",    "approver",   "evidence", "actor",
-                                            "scope",      "conditions", "expires_at",
-                                            "max_depth",  "budget",     "state",    NULL};
-static const char *const delegate_fields[] = {"actor",     "purpose", "scope",      "expires_at",
-                                              "max_depth", "budget",  "conditions", "evidence",
-                                              NULL};
+static const char *const create_fields[] = {"purpose", "approver",   "evidence",   "actor",
+                                            "scope",   "conditions", "expires_at", "max_depth",
+                                            "budget",  "state",      NULL};
+static const char *const delegate_fields[] = {"actor",      "purpose",   "scope",
+                                              "expires_at", "max_depth", "budget",
+                                              "conditions", "evidence",  NULL};
 
 static ch_status record_prepare(ch_db *db, ch_req *req, bool delegate)
 {
@@ -335,12 +334,10 @@ static ch_status delegate_exec(ch_db *db, ch_store *w, ch_req *req)
     if ((rc = ch__scope_subset(&c->scope, &pv->scope, "scope", e)) != CH_OK)
         return rc;
     if (c->expires_at > pv->expires_at)
-        return ch_err_set(e, CH_NOT_SUBSET, "expires_at",
-                          "expires_at is later than the parent's");
+        return ch_err_set(e, CH_NOT_SUBSET, "expires_at", "expires_at is later than the parent's");
     if (parent->depth + 1 > pv->max_depth)
-        return ch_err_set(e, CH_NOT_SUBSET, "depth",
-                          "depth %d exceeds the tree's max_depth %d", parent->depth + 1,
-                          pv->max_depth);
+        return ch_err_set(e, CH_NOT_SUBSET, "depth", "depth %d exceeds the tree's max_depth %d",
+                          parent->depth + 1, pv->max_depth);
     if (!p->has_max_depth)
         c->max_depth = pv->max_depth;
     else if (c->max_depth > pv->max_depth)
@@ -426,8 +423,8 @@ static ch_status announce_amended(ch_db *db, ch_store *w, const ch__mandate *m,
     ch_time_format(st->expires_at, exp);
     return announce(db, w, m, narrowed ? "mandate.narrowed" : "mandate.amended",
                     json_pack("{s:I, s:o, s:s, s:O, s:s}", "version", (json_int_t)st->version,
-                              "scope", ch__scope_json(&st->scope), "expires_at", exp,
-                              "conditions", st->conditions, "cause", cause->id),
+                              "scope", ch__scope_json(&st->scope), "expires_at", exp, "conditions",
+                              st->conditions, "cause", cause->id),
                     now);
 }
 
@@ -613,7 +610,7 @@ out:
 typedef struct mtransition {
     const char *event; /* stream/audit type */
     const char *verb;
-    unsigned from;     /* bit set of effective states it is allowed from */
+    unsigned from; /* bit set of effective states it is allowed from */
     int to;
 } mtransition;
 
@@ -623,8 +620,8 @@ static const mtransition mtransitions[CH__OP_COUNT] = {
     [CH_OP_MANDATE_APPROVE] = {"mandate.approved", "approve", MBIT(PROPOSED), CH__M_ACTIVE},
     [CH_OP_MANDATE_SUSPEND] = {"mandate.suspended", "suspend", MBIT(ACTIVE), CH__M_SUSPENDED},
     [CH_OP_MANDATE_REINSTATE] = {"mandate.reinstated", "reinstate", MBIT(SUSPENDED), CH__M_ACTIVE},
-    [CH_OP_MANDATE_REVOKE] = {"mandate.revoked", "revoke", MBIT(PROPOSED) | MBIT(ACTIVE) | MBIT(SUSPENDED),
-                              CH__M_REVOKED},
+    [CH_OP_MANDATE_REVOKE] = {"mandate.revoked", "revoke",
+                              MBIT(PROPOSED) | MBIT(ACTIVE) | MBIT(SUSPENDED), CH__M_REVOKED},
     [CH_OP_MANDATE_COMPLETE] = {"mandate.completed", "complete", MBIT(ACTIVE) | MBIT(SUSPENDED),
                                 CH__M_COMPLETED},
 };
@@ -683,8 +680,8 @@ static ch_status set_state(ch_db *db, ch_store *w, ch__mandate *m, int to, const
     }
     st->updated_at = now;
     /* Only the lifecycle fields change: the record's doc is not rewritten. */
-    ch_status rc = ch__db_store(db)->mandate_set_state(w, m->id, ch__mandate_state_name(to),
-                                                       st->reason, now);
+    ch_status rc =
+        ch__db_store(db)->mandate_set_state(w, m->id, ch__mandate_state_name(to), st->reason, now);
     if (rc != CH_OK)
         return rc;
     /* The event's text is built directly: a cascade writes one per descendant. The
@@ -897,16 +894,16 @@ ch_status ch__mandate_spend(ch_db *db, ch_store *w, const char *tenant, const ch
     return CH_OK;
 }
 
-static const ch__op_def create_op = {create_prepare, create_exec};
-static const ch__op_def delegate_op = {delegate_prepare, delegate_exec};
-static const ch__op_def patch_op = {patch_prepare, patch_exec};
-static const ch__op_def transition_op = {transition_prepare, transition_exec};
-static const ch__op_def expire_op = {NULL, expire_exec};
+static const ch__op_def create_op = {.prepare = create_prepare, .exec = create_exec};
+static const ch__op_def delegate_op = {.prepare = delegate_prepare, .exec = delegate_exec};
+static const ch__op_def patch_op = {.prepare = patch_prepare, .exec = patch_exec};
+static const ch__op_def transition_op = {.prepare = transition_prepare, .exec = transition_exec};
+static const ch__op_def expire_op = {.exec = expire_exec};
 
 const ch__op_def *const ch__mandate_ops[CH__OP_COUNT] = {
-    [CH_OP_MANDATE_CREATE] = &create_op,       [CH_OP_MANDATE_DELEGATE] = &delegate_op,
-    [CH_OP_MANDATE_PATCH] = &patch_op,         [CH_OP_MANDATE_APPROVE] = &transition_op,
-    [CH_OP_MANDATE_SUSPEND] = &transition_op,  [CH_OP_MANDATE_REINSTATE] = &transition_op,
-    [CH_OP_MANDATE_REVOKE] = &transition_op,   [CH_OP_MANDATE_COMPLETE] = &transition_op,
-    [CH_OP_MANDATE_EXPIRE] = &expire_op,       [CH_OP_AUDIT_FLUSH] = &ch__audit_flush_op,
+    [CH_OP_MANDATE_CREATE] = &create_op,      [CH_OP_MANDATE_DELEGATE] = &delegate_op,
+    [CH_OP_MANDATE_PATCH] = &patch_op,        [CH_OP_MANDATE_APPROVE] = &transition_op,
+    [CH_OP_MANDATE_SUSPEND] = &transition_op, [CH_OP_MANDATE_REINSTATE] = &transition_op,
+    [CH_OP_MANDATE_REVOKE] = &transition_op,  [CH_OP_MANDATE_COMPLETE] = &transition_op,
+    [CH_OP_MANDATE_EXPIRE] = &expire_op,      [CH_OP_AUDIT_FLUSH] = &ch__audit_flush_op,
 };

@@ -41,11 +41,14 @@ static int http_status(ch_status st)
         return 409;
     case CH_BODY_TOO_LARGE:
         return 413;
+    case CH_SCOPE_LOCKED:
+        return 423;
     case CH_INVALID_VALUE:
     case CH_RESERVED_KIND:
     case CH_NOT_SUBSET:
         return 422;
     case CH_SHUTTING_DOWN:
+    case CH_UNAVAILABLE:
         return 503;
     default:
         return 500;
@@ -73,6 +76,8 @@ static const char *reason_phrase(int status)
         return "Payload Too Large";
     case 422:
         return "Unprocessable Entity";
+    case 423:
+        return "Locked";
     case 503:
         return "Service Unavailable";
     default:
@@ -92,8 +97,7 @@ static void send_text(call *c, int status, const char *type, const char *body, s
     h2o_req_t *req = c->req;
     req->res.status = status;
     req->res.reason = reason_phrase(status);
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, type,
-                   strlen(type));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, type, strlen(type));
     /* h2o_send_inline leaves the length unset, which costs the connection its
      * keep-alive; it is known here. */
     req->res.content_length = len;
@@ -107,7 +111,8 @@ static void send_json(call *c, int status, json_t *v)
     char *text = v ? json_dumps(v, JSON_COMPACT) : NULL;
     json_decref(v);
     if (text == NULL) {
-        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        static const char oom[] =
+            "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
         send_text(c, 500, "application/json", oom, sizeof(oom) - 1);
         return;
     }
@@ -301,8 +306,8 @@ static ch_status parse_query(call *c, query *q, ch_err *e)
         const char *nend = eq ? eq : stop;
         if (pct_decode(s, (size_t)(nend - s), name, sizeof(name), true) < 0)
             return ch_err_set(e, CH_BAD_REQUEST, NULL, "malformed query string");
-        if (pct_decode(eq ? eq + 1 : stop, eq ? (size_t)(stop - eq - 1) : 0, value,
-                       sizeof(value), true) < 0)
+        if (pct_decode(eq ? eq + 1 : stop, eq ? (size_t)(stop - eq - 1) : 0, value, sizeof(value),
+                       true) < 0)
             return ch_err_set(e, CH_BAD_REQUEST, name, "malformed query parameter '%.60s'", name);
         int idx = -1;
         for (int i = 0; i < 8 && q->names[i] != NULL; i++) {
@@ -329,8 +334,7 @@ static ch_status query_int(const query *q, int i, int64_t dflt, int64_t *out, ch
     errno = 0;
     long long v = strtoll(q->values[i], &end, 10);
     if (q->values[i][0] == '\0' || *end != '\0' || errno != 0)
-        return ch_err_set(e, CH_BAD_REQUEST, q->names[i], "'%s' must be an integer",
-                          q->names[i]);
+        return ch_err_set(e, CH_BAD_REQUEST, q->names[i], "'%s' must be an integer", q->names[i]);
     *out = v;
     return CH_OK;
 }
@@ -450,9 +454,9 @@ static void get_events(call *c, const char *tenant, const char *id)
         fail(c, CH_BAD_REQUEST, "include", "include must be 'archived'");
         return;
     }
-    ch_status st = ch_events_list(ch__server.db, tenant, id, after,
-                                  limit < 0 || limit > 100000 ? 0 : (int)limit, inc != NULL, &out,
-                                  &e);
+    ch_status st =
+        ch_events_list(ch__server.db, tenant, id, after,
+                       limit < 0 || limit > 100000 ? 0 : (int)limit, inc != NULL, &out, &e);
     reply_read(c, st, out, &e);
 }
 
@@ -810,6 +814,194 @@ static void route_mandates(call *c, const char *tenant, h2o_iovec_t *seg, int n)
     fail(c, CH_NOT_FOUND, NULL, "no such route");
 }
 
+/* ---- ephemeral scopes ------------------------------------------------------------ */
+
+/* Sends a scope call's outcome. The request and reply may carry a secure scope's
+ * secrets: every copy this layer made is wiped before it is released. */
+static void reply_scope(call *c, ch_status st, int ok_status, json_t *body, ch_buf *out,
+                        const ch_err *e)
+{
+    if (st == CH_OK)
+        send_text(c, ok_status, "application/json", out->data ? out->data : "{}",
+                  out->data ? out->len : 2);
+    else
+        send_error(c, e);
+    if (out->data != NULL)
+        sodium_memzero(out->data, out->cap);
+    ch_buf_free(out);
+    ch_json_wipe(body);
+    json_decref(body);
+    if (c->req->entity.base != NULL)
+        sodium_memzero((char *)c->req->entity.base, c->req->entity.len);
+}
+
+/* Routes /v1/ephemeral... seg[1] == "ephemeral". */
+static void route_ephemeral(call *c, const char *tenant, h2o_iovec_t *seg, int n)
+{
+    h2o_req_t *req = c->req;
+    static const struct {
+        const char *verb;
+        ch_scope_verb v;
+        ch_route route;
+        bool body_ok;
+    } actions[] = {
+        {"lock", CH_SCOPE_LOCK, CH_ROUTE_SCOPE_LOCK, false},
+        {"unlock", CH_SCOPE_UNLOCK, CH_ROUTE_SCOPE_UNLOCK, false},
+        {"extend", CH_SCOPE_EXTEND, CH_ROUTE_SCOPE_EXTEND, true},
+        {"upgrade", CH_SCOPE_UPGRADE, CH_ROUTE_SCOPE_UPGRADE, true},
+    };
+    char id[CH_ID_MAX];
+    ch_err e;
+    ch_buf out = {0};
+    json_t *body = NULL;
+    ch_status st;
+
+    ch_err_clear(&e);
+    if (n == 2) {
+        c->route = CH_ROUTE_SCOPE_CREATE;
+        if (!method_is(req, "POST")) {
+            fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use POST on /v1/ephemeral");
+            return;
+        }
+        if (!no_query(c))
+            return;
+        if ((body = body_of(c, false, &e)) == NULL)
+            st = e.status;
+        else
+            st = ch_scope_create(ch__server.db, tenant, body, &out, &e);
+        reply_scope(c, st, 201, body, &out, &e);
+        return;
+    }
+    if (n > 5) {
+        fail(c, CH_NOT_FOUND, NULL, "no such route");
+        return;
+    }
+    if (!path_id(c, seg[2], "eph", id))
+        return;
+    if (n == 3) {
+        if (method_is(req, "GET")) {
+            c->route = CH_ROUTE_SCOPE_GET;
+            if (!no_query(c))
+                return;
+            st = ch_scope_get(ch__server.db, tenant, id, &out, &e);
+        } else if (method_is(req, "PATCH")) {
+            c->route = CH_ROUTE_SCOPE_PATCH;
+            if (!no_query(c))
+                return;
+            if ((body = body_of(c, false, &e)) == NULL)
+                st = e.status;
+            else
+                st = ch_scope_merge(ch__server.db, tenant, id, body, &out, &e);
+        } else if (method_is(req, "DELETE")) {
+            c->route = CH_ROUTE_SCOPE_DELETE;
+            if (!no_query(c))
+                return;
+            st = ch_scope_delete(ch__server.db, tenant, id, &e);
+            if (st == CH_OK)
+                ch_buf_printf(&out, "{\"id\":\"%s\",\"purged\":true}", id);
+        } else {
+            fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use GET, PATCH or DELETE on a scope");
+            return;
+        }
+        reply_scope(c, st, 200, body, &out, &e);
+        return;
+    }
+    if (n == 5) {
+        char key[512];
+        if (!seg_is(seg[3], "context")) {
+            fail(c, CH_NOT_FOUND, NULL, "no such route");
+            return;
+        }
+        ssize_t klen = pct_decode(seg[4].base, seg[4].len, key, sizeof(key), false);
+        if (klen == -1) {
+            fail(c, CH_BAD_REQUEST, "key", "malformed percent-encoding in the context key");
+            return;
+        }
+        if (klen < 0 || klen > 256) {
+            fail(c, CH_INVALID_VALUE, "key", "context keys must be 1 to 256 bytes");
+            return;
+        }
+        if (method_is(req, "GET")) {
+            c->route = CH_ROUTE_SCOPE_KEY_GET;
+            if (!no_query(c))
+                return;
+            st = ch_scope_get_key(ch__server.db, tenant, id, key, &out, &e);
+        } else if (method_is(req, "PUT")) {
+            c->route = CH_ROUTE_SCOPE_KEY_PUT;
+            if (!no_query(c))
+                return;
+            if ((body = body_of(c, false, &e)) == NULL)
+                st = e.status;
+            else
+                st = ch_scope_put_key(ch__server.db, tenant, id, key, body, &out, &e);
+        } else {
+            fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use GET or PUT on a context key");
+            return;
+        }
+        reply_scope(c, st, 200, body, &out, &e);
+        return;
+    }
+    /* n == 4: an action */
+    if (seg_is(seg[3], "complete")) {
+        c->route = CH_ROUTE_SCOPE_COMPLETE;
+        if (!method_is(req, "POST"))
+            fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use POST on complete");
+        else
+            submit_body(c, CH_OP_SCOPE_COMPLETE, tenant, id, true, 200);
+        return;
+    }
+    for (size_t i = 0; i < sizeof(actions) / sizeof(actions[0]); i++) {
+        if (!seg_is(seg[3], actions[i].verb))
+            continue;
+        c->route = actions[i].route;
+        if (!method_is(req, "POST")) {
+            fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use POST");
+            return;
+        }
+        if (!no_query(c))
+            return;
+        body = body_of(c, true, &e);
+        if (body == NULL && e.status != CH_OK)
+            st = e.status;
+        else
+            st = ch_scope_act(ch__server.db, tenant, id, actions[i].v, body, &out, &e);
+        reply_scope(c, st, 200, body, &out, &e);
+        return;
+    }
+    fail(c, CH_NOT_FOUND, NULL, "no such route");
+}
+
+/* DELETE /v1/agents/{agent}/ephemeral: the agent has exited. */
+static void route_agents(call *c, const char *tenant, h2o_iovec_t *seg, int n)
+{
+    char agent[512];
+    ch_err e;
+    ch_buf out = {0};
+    if (n != 4 || !seg_is(seg[3], "ephemeral")) {
+        fail(c, CH_NOT_FOUND, NULL, "no such route");
+        return;
+    }
+    c->route = CH_ROUTE_AGENT_PURGE;
+    if (!method_is(c->req, "DELETE")) {
+        fail(c, CH_METHOD_NOT_ALLOWED, NULL, "use DELETE on /v1/agents/{agent}/ephemeral");
+        return;
+    }
+    ssize_t alen = pct_decode(seg[2].base, seg[2].len, agent, sizeof(agent), false);
+    if (alen == -1) {
+        fail(c, CH_BAD_REQUEST, "agent", "malformed percent-encoding in the agent");
+        return;
+    }
+    if (alen <= 0 || alen > 256) {
+        fail(c, CH_INVALID_VALUE, "agent", "agent must be 1 to 256 bytes");
+        return;
+    }
+    if (!no_query(c))
+        return;
+    ch_err_clear(&e);
+    ch_status st = ch_scope_purge_agent(ch__server.db, tenant, agent, &out, &e);
+    reply_scope(c, st, 200, NULL, &out, &e);
+}
+
 static void handle_check(call *c, const char *tenant)
 {
     ch_err e;
@@ -954,6 +1146,14 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         route_mandates(&c, tenant, seg, n);
         return 0;
     }
+    if (seg_is(seg[1], "ephemeral")) {
+        route_ephemeral(&c, tenant, seg, n);
+        return 0;
+    }
+    if (seg_is(seg[1], "agents")) {
+        route_agents(&c, tenant, seg, n);
+        return 0;
+    }
     if (n == 2 && seg_is(seg[1], "check")) {
         handle_check(&c, tenant);
         return 0;
@@ -980,8 +1180,8 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
 
 void ch__http_register(h2o_globalconf_t *conf)
 {
-    h2o_hostconf_t *host = h2o_config_register_host(conf, h2o_iovec_init(H2O_STRLIT("default")),
-                                                    65535);
+    h2o_hostconf_t *host =
+        h2o_config_register_host(conf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_handler_t *h = h2o_create_handler(path, sizeof(*h));
     h->on_req = on_req;

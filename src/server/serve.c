@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -55,7 +57,8 @@ static int bootstrap(ch_db *db, const char *data_dir)
     }
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0 || fchmod(fd, 0600) != 0 || dprintf(fd, "%s\n", key) < 0 || fsync(fd) != 0) {
-        ch_log(CH_LOG_ERROR, "cannot write the bootstrap key; create a key with `charter keys create`",
+        ch_log(CH_LOG_ERROR,
+               "cannot write the bootstrap key; create a key with `charter keys create`",
                "{s:s, s:s}", "path", path, "error", strerror(errno));
         if (fd >= 0)
             close(fd);
@@ -100,7 +103,8 @@ static int open_listener(const char *listen_addr)
 {
     char host[256];
     const char *colon = strrchr(listen_addr, ':');
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     int fd = -1, one = 1;
@@ -113,8 +117,8 @@ static int open_listener(const char *listen_addr)
     }
     int rc = getaddrinfo(host[0] ? host : NULL, colon + 1, &hints, &res);
     if (rc != 0) {
-        ch_log(CH_LOG_ERROR, "cannot resolve listen address", "{s:s, s:s}", "listen",
-               listen_addr, "error", gai_strerror(rc));
+        ch_log(CH_LOG_ERROR, "cannot resolve listen address", "{s:s, s:s}", "listen", listen_addr,
+               "error", gai_strerror(rc));
         return -1;
     }
     fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -208,11 +212,14 @@ static int start_threads(ch_server *s)
 static int parse_flags(int argc, char **argv, ch_config *cfg, const char **config_file,
                        bool *print_config)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},   {"data-dir", required_argument, NULL, 'd'},
-        {"listen", required_argument, NULL, 'l'},   {"threads", required_argument, NULL, 't'},
-        {"log-level", required_argument, NULL, 'L'}, {"print-config", no_argument, NULL, 'P'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"data-dir", required_argument, NULL, 'd'},
+                                         {"listen", required_argument, NULL, 'l'},
+                                         {"threads", required_argument, NULL, 't'},
+                                         {"log-level", required_argument, NULL, 'L'},
+                                         {"print-config", no_argument, NULL, 'P'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     static const struct {
         int opt;
         const char *key;
@@ -304,6 +311,14 @@ int ch__serve_main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     /* Everything charter creates in the data dir is the owner's alone. */
     umask(077);
+    /* The process holds secrets (secure scopes, the signing key): unless told
+     * otherwise, no core dump is ever written and other processes of the same user
+     * cannot attach to read its memory. */
+    if (!s->cfg.core_dumps) {
+        struct rlimit none = {0, 0};
+        setrlimit(RLIMIT_CORE, &none);
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
 
     /* Bind first: a port in use must fail before the data dir is touched. */
     s->listen_fd = open_listener(s->cfg.listen);
@@ -312,8 +327,8 @@ int ch__serve_main(int argc, char **argv)
     if (lock_data_dir(s->cfg.data_dir) != 0)
         return 1;
     if (ch_db_open(&s->cfg, true, &s->db, &e) != CH_OK) {
-        ch_log(CH_LOG_ERROR, "cannot open the data dir", "{s:s, s:s}", "data_dir",
-               s->cfg.data_dir, "error", e.message);
+        ch_log(CH_LOG_ERROR, "cannot open the data dir", "{s:s, s:s}", "data_dir", s->cfg.data_dir,
+               "error", e.message);
         return 1;
     }
     if (bootstrap(s->db, s->cfg.data_dir) != 0) {
@@ -331,8 +346,9 @@ int ch__serve_main(int argc, char **argv)
         ch_log(CH_LOG_ERROR, "cannot start the event loops", NULL);
         return 1;
     }
-    ch_log(CH_LOG_INFO, "listening", "{s:s, s:i, s:s, s:s}", "listen", s->cfg.listen, "threads",
-           s->nthreads, "data_dir", s->cfg.data_dir, "store", s->cfg.store);
+    ch_log(CH_LOG_INFO, "listening", "{s:s, s:i, s:s, s:s, s:s}", "listen", s->cfg.listen,
+           "threads", s->nthreads, "data_dir", s->cfg.data_dir, "store", s->cfg.store,
+           "ephemeral_engine", s->cfg.ephemeral.engine);
 
     sigwait(&sigs, &sig);
     ch_log(CH_LOG_INFO, "draining", "{s:s}", "signal", strsignal(sig));

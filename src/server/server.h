@@ -12,39 +12,51 @@
 #include "charter.h"
 
 /* Routes, for dispatch and metrics labels. */
-#define CH_ROUTE_MAP(XX)                                         \
-    XX(HEALTHZ, "GET /healthz")                                  \
-    XX(METRICS, "GET /metrics")                                  \
-    XX(SESSION_CREATE, "POST /v1/sessions")                      \
-    XX(SESSION_LIST, "GET /v1/sessions")                         \
-    XX(SESSION_GET, "GET /v1/sessions/{id}")                     \
-    XX(EVENTS_APPEND, "POST /v1/sessions/{id}/events")           \
-    XX(EVENTS_LIST, "GET /v1/sessions/{id}/events")              \
-    XX(FACTS_LIST, "GET /v1/sessions/{id}/facts")                \
-    XX(FACT_GET, "GET /v1/sessions/{id}/facts/{key}")            \
-    XX(FACT_PUT, "PUT /v1/sessions/{id}/facts/{key}")            \
-    XX(FACT_DELETE, "DELETE /v1/sessions/{id}/facts/{key}")      \
-    XX(SESSION_PAUSE, "POST /v1/sessions/{id}/pause")            \
-    XX(SESSION_RESUME, "POST /v1/sessions/{id}/resume")          \
-    XX(SESSION_CLOSE, "POST /v1/sessions/{id}/close")            \
-    XX(SESSION_ARCHIVE, "POST /v1/sessions/{id}/archive")        \
-    XX(SESSION_COMPACT, "POST /v1/sessions/{id}/compact")        \
-    XX(BUNDLE, "GET /v1/sessions/{id}/bundle")                   \
-    XX(MANDATE_CREATE, "POST /v1/mandates")                      \
-    XX(MANDATE_GET, "GET /v1/mandates/{id}")                     \
-    XX(MANDATE_PATCH, "PATCH /v1/mandates/{id}")                 \
-    XX(MANDATE_TREE, "GET /v1/mandates/{id}/tree")               \
-    XX(MANDATE_APPROVE, "POST /v1/mandates/{id}/approve")        \
-    XX(MANDATE_DELEGATE, "POST /v1/mandates/{id}/delegate")      \
-    XX(MANDATE_SUSPEND, "POST /v1/mandates/{id}/suspend")        \
-    XX(MANDATE_REINSTATE, "POST /v1/mandates/{id}/reinstate")    \
-    XX(MANDATE_REVOKE, "POST /v1/mandates/{id}/revoke")          \
-    XX(MANDATE_COMPLETE, "POST /v1/mandates/{id}/complete")      \
-    XX(MANDATE_ARTIFACT, "POST /v1/mandates/{id}/artifact")      \
-    XX(CHECK, "POST /v1/check")                                  \
-    XX(SIGNING_KEY, "GET /v1/keys/signing")                      \
-    XX(AUDIT, "GET /v1/audit")                                   \
-    XX(EVENT_STREAM, "GET /v1/events")                           \
+#define CH_ROUTE_MAP(XX)                                                                           \
+    XX(HEALTHZ, "GET /healthz")                                                                    \
+    XX(METRICS, "GET /metrics")                                                                    \
+    XX(SESSION_CREATE, "POST /v1/sessions")                                                        \
+    XX(SESSION_LIST, "GET /v1/sessions")                                                           \
+    XX(SESSION_GET, "GET /v1/sessions/{id}")                                                       \
+    XX(EVENTS_APPEND, "POST /v1/sessions/{id}/events")                                             \
+    XX(EVENTS_LIST, "GET /v1/sessions/{id}/events")                                                \
+    XX(FACTS_LIST, "GET /v1/sessions/{id}/facts")                                                  \
+    XX(FACT_GET, "GET /v1/sessions/{id}/facts/{key}")                                              \
+    XX(FACT_PUT, "PUT /v1/sessions/{id}/facts/{key}")                                              \
+    XX(FACT_DELETE, "DELETE /v1/sessions/{id}/facts/{key}")                                        \
+    XX(SESSION_PAUSE, "POST /v1/sessions/{id}/pause")                                              \
+    XX(SESSION_RESUME, "POST /v1/sessions/{id}/resume")                                            \
+    XX(SESSION_CLOSE, "POST /v1/sessions/{id}/close")                                              \
+    XX(SESSION_ARCHIVE, "POST /v1/sessions/{id}/archive")                                          \
+    XX(SESSION_COMPACT, "POST /v1/sessions/{id}/compact")                                          \
+    XX(BUNDLE, "GET /v1/sessions/{id}/bundle")                                                     \
+    XX(MANDATE_CREATE, "POST /v1/mandates")                                                        \
+    XX(MANDATE_GET, "GET /v1/mandates/{id}")                                                       \
+    XX(MANDATE_PATCH, "PATCH /v1/mandates/{id}")                                                   \
+    XX(MANDATE_TREE, "GET /v1/mandates/{id}/tree")                                                 \
+    XX(MANDATE_APPROVE, "POST /v1/mandates/{id}/approve")                                          \
+    XX(MANDATE_DELEGATE, "POST /v1/mandates/{id}/delegate")                                        \
+    XX(MANDATE_SUSPEND, "POST /v1/mandates/{id}/suspend")                                          \
+    XX(MANDATE_REINSTATE, "POST /v1/mandates/{id}/reinstate")                                      \
+    XX(MANDATE_REVOKE, "POST /v1/mandates/{id}/revoke")                                            \
+    XX(MANDATE_COMPLETE, "POST /v1/mandates/{id}/complete")                                        \
+    XX(MANDATE_ARTIFACT, "POST /v1/mandates/{id}/artifact")                                        \
+    XX(CHECK, "POST /v1/check")                                                                    \
+    XX(SIGNING_KEY, "GET /v1/keys/signing")                                                        \
+    XX(AUDIT, "GET /v1/audit")                                                                     \
+    XX(EVENT_STREAM, "GET /v1/events")                                                             \
+    XX(SCOPE_CREATE, "POST /v1/ephemeral")                                                         \
+    XX(SCOPE_GET, "GET /v1/ephemeral/{id}")                                                        \
+    XX(SCOPE_PATCH, "PATCH /v1/ephemeral/{id}")                                                    \
+    XX(SCOPE_DELETE, "DELETE /v1/ephemeral/{id}")                                                  \
+    XX(SCOPE_KEY_GET, "GET /v1/ephemeral/{id}/context/{key}")                                      \
+    XX(SCOPE_KEY_PUT, "PUT /v1/ephemeral/{id}/context/{key}")                                      \
+    XX(SCOPE_LOCK, "POST /v1/ephemeral/{id}/lock")                                                 \
+    XX(SCOPE_UNLOCK, "POST /v1/ephemeral/{id}/unlock")                                             \
+    XX(SCOPE_EXTEND, "POST /v1/ephemeral/{id}/extend")                                             \
+    XX(SCOPE_UPGRADE, "POST /v1/ephemeral/{id}/upgrade")                                           \
+    XX(SCOPE_COMPLETE, "POST /v1/ephemeral/{id}/complete")                                         \
+    XX(AGENT_PURGE, "DELETE /v1/agents/{agent}/ephemeral")                                         \
     XX(OTHER, "other")
 
 typedef enum ch_route {
@@ -64,7 +76,7 @@ typedef struct ch_server_thread {
     h2o_socket_t *listener;
     h2o_multithread_queue_t *queue;
     h2o_multithread_receiver_t completions; /* writer → this loop */
-    int shutdown_started; /* atomic: set by the loop once it saw `stopping` */
+    int shutdown_started;                   /* atomic: set by the loop once it saw `stopping` */
     /* Event stream subscribers on this loop, and their wake-up from the syncer. */
     struct ch__sse_sub *sse_subs;
     h2o_multithread_receiver_t sse_wake;
@@ -81,9 +93,9 @@ typedef struct ch_server {
     int listen_fd;
     int nthreads;
     ch_server_thread *threads;
-    int stopping; /* atomic: a stop signal was seen; refuse new work, drain */
-    int exiting;  /* atomic: drained; the loops return */
-    int64_t inflight;       /* requests waiting on the writer (atomic) */
+    int stopping;     /* atomic: a stop signal was seen; refuse new work, drain */
+    int exiting;      /* atomic: drained; the loops return */
+    int64_t inflight; /* requests waiting on the writer (atomic) */
 } ch_server;
 
 extern ch_server ch__server;

@@ -131,8 +131,7 @@ static ch_status create_exec(ch_db *db, ch_store *w, ch_req *req)
     st = ch__stream_emit(db, w, r->tenant, "session.created",
                          json_pack("{s:s, s:s, s:n, s:o, s:n}", "session", r->id, "state", "open",
                                    "from", "mandate",
-                                   r->mandate[0] ? json_string(r->mandate) : json_null(),
-                                   "reason"),
+                                   r->mandate[0] ? json_string(r->mandate) : json_null(), "reason"),
                          r->created_at);
     if (st != CH_OK)
         return ch_err_set(&req->err, st, NULL, "cannot store the session");
@@ -182,8 +181,8 @@ ch_status ch__session_append_system(ch_store *w, ch_session_rec *s, const char *
 /* ---- append ---------------------------------------------------------------------- */
 
 static const char *const event_fields[] = {"kind", "role", "content", "usage", "meta", NULL};
-static const char *const single_fields[] = {"kind",  "role", "content", "usage",
-                                            "meta",  "expect_seq", NULL};
+static const char *const single_fields[] = {"kind", "role",       "content", "usage",
+                                            "meta", "expect_seq", NULL};
 static const char *const batch_fields[] = {"events", "expect_seq", NULL};
 
 typedef struct append_prep {
@@ -388,8 +387,8 @@ static ch_status append_exec(ch_db *db, ch_store *w, ch_req *req)
         ch_err_set(&req->err, st, NULL, "cannot update the session");
         goto out;
     }
-    req->result = json_pack("{s:I, s:I}", "first_seq", (json_int_t)first, "last_seq",
-                            (json_int_t)s.seq);
+    req->result =
+        json_pack("{s:I, s:I}", "first_seq", (json_int_t)first, "last_seq", (json_int_t)s.seq);
 out:
     ch_session_rec_clear(&s);
     return st;
@@ -428,8 +427,8 @@ static ch_status transition_prepare(ch_db *db, ch_req *req)
 
 /* The stream event type of a move to each state. */
 static const char *const moved_to[CH__SESSION_STATE_COUNT] = {
-    [CH_SESSION_ACTIVE] = "session.resumed", [CH_SESSION_PAUSED] = "session.paused",
-    [CH_SESSION_INERT] = "session.inert",    [CH_SESSION_CLOSED] = "session.closed",
+    [CH_SESSION_ACTIVE] = "session.resumed",    [CH_SESSION_PAUSED] = "session.paused",
+    [CH_SESSION_INERT] = "session.inert",       [CH_SESSION_CLOSED] = "session.closed",
     [CH_SESSION_ARCHIVED] = "session.archived",
 };
 
@@ -601,8 +600,8 @@ static ch_status compact_exec(ch_db *db, ch_store *w, ch_req *req)
         ch_err_set(&req->err, st, NULL, "cannot compact the session");
         goto out;
     }
-    req->result = json_pack("{s:I, s:I}", "summary_seq", (json_int_t)through, "archived",
-                            (json_int_t)moved);
+    req->result =
+        json_pack("{s:I, s:I}", "summary_seq", (json_int_t)through, "archived", (json_int_t)moved);
 out:
     ch_session_rec_clear(&s);
     return st;
@@ -699,6 +698,58 @@ out:
     return st;
 }
 
+ch_status ch__session_put_facts(ch_store *w, const char *tenant, const char *id,
+                                const json_t *facts, int64_t now, ch_err *e)
+{
+    ch_session_rec s = {0};
+    const char *key;
+    json_t *value;
+    ch_status st = w->methods->session_get(w, tenant, id, &s);
+
+    if (st == CH_NOT_FOUND) {
+        ch_err_set(e, CH_INVALID_VALUE, "session", "session %s not found", id);
+        goto out;
+    }
+    if (st != CH_OK) {
+        ch_err_set(e, st, NULL, "cannot read the session");
+        goto out;
+    }
+    if (s.state == CH_SESSION_ARCHIVED) {
+        st =
+            ch_err_set(e, CH_INVALID_STATE, "session", "cannot write facts of a session that is %s",
+                       ch_session_state_name(s.state));
+        ch__err_state(e, s.state);
+        goto out;
+    }
+    json_object_foreach((json_t *)facts, key, value)
+    {
+        size_t len;
+        char *text = ch_json_canonical(value, &len);
+        if (text == NULL) {
+            st = ch_err_set(e, CH_NOMEM, NULL, NULL);
+            goto out;
+        }
+        if (strlen(key) > MAX_FACT_KEY || len > MAX_FACT_VALUE) {
+            free(text);
+            st = ch_err_set(e, CH_INVALID_VALUE, "keys", "'%.64s' does not fit in a fact", key);
+            goto out;
+        }
+        st = w->methods->fact_put(w, s.sid, key, text, now);
+        free(text);
+        if (st != CH_OK) {
+            ch_err_set(e, st, NULL, "cannot store the fact");
+            goto out;
+        }
+    }
+    s.updated_at = now;
+    st = w->methods->session_update(w, &s);
+    if (st != CH_OK)
+        ch_err_set(e, st, NULL, "cannot update the session");
+out:
+    ch_session_rec_clear(&s);
+    return st;
+}
+
 static ch_status fact_delete_prepare(ch_db *db, ch_req *req)
 {
     return check_fact_key(req);
@@ -781,8 +832,8 @@ static ch_status retention_exec(ch_db *db, ch_store *w, ch_req *req)
         if (period <= 0 || d.n == SWEEP_LIMIT)
             continue;
         int start = d.n;
-        st = w->methods->session_due(w, steps[i].from, now - period, SWEEP_LIMIT - d.n,
-                                     collect_due, &d);
+        st = w->methods->session_due(w, steps[i].from, now - period, SWEEP_LIMIT - d.n, collect_due,
+                                     &d);
         for (int j = start; j < d.n && st == CH_OK; j++) {
             if (steps[i].to == CH__SESSION_STATE_COUNT) {
                 st = w->methods->session_delete(w, d.recs[j].sid);
@@ -822,18 +873,18 @@ static ch_status retention_exec(ch_db *db, ch_store *w, ch_req *req)
 
 /* ---- the table ------------------------------------------------------------------- */
 
-static const ch__op_def create_op = {create_prepare, create_exec};
-static const ch__op_def append_op = {append_prepare, append_exec};
-static const ch__op_def transition_op = {transition_prepare, transition_exec};
-static const ch__op_def compact_op = {compact_prepare, compact_exec};
-static const ch__op_def fact_put_op = {fact_put_prepare, fact_put_exec};
-static const ch__op_def fact_delete_op = {fact_delete_prepare, fact_delete_exec};
-static const ch__op_def retention_op = {NULL, retention_exec};
+static const ch__op_def create_op = {.prepare = create_prepare, .exec = create_exec};
+static const ch__op_def append_op = {.prepare = append_prepare, .exec = append_exec};
+static const ch__op_def transition_op = {.prepare = transition_prepare, .exec = transition_exec};
+static const ch__op_def compact_op = {.prepare = compact_prepare, .exec = compact_exec};
+static const ch__op_def fact_put_op = {.prepare = fact_put_prepare, .exec = fact_put_exec};
+static const ch__op_def fact_delete_op = {.prepare = fact_delete_prepare, .exec = fact_delete_exec};
+static const ch__op_def retention_op = {.exec = retention_exec};
 
 const ch__op_def *const ch__session_ops[CH__OP_COUNT] = {
-    [CH_OP_SESSION_CREATE] = &create_op,     [CH_OP_SESSION_APPEND] = &append_op,
-    [CH_OP_SESSION_PAUSE] = &transition_op,  [CH_OP_SESSION_RESUME] = &transition_op,
-    [CH_OP_SESSION_CLOSE] = &transition_op,  [CH_OP_SESSION_ARCHIVE] = &transition_op,
-    [CH_OP_SESSION_COMPACT] = &compact_op,   [CH_OP_FACT_PUT] = &fact_put_op,
-    [CH_OP_FACT_DELETE] = &fact_delete_op,   [CH_OP_RETENTION_SWEEP] = &retention_op,
+    [CH_OP_SESSION_CREATE] = &create_op,    [CH_OP_SESSION_APPEND] = &append_op,
+    [CH_OP_SESSION_PAUSE] = &transition_op, [CH_OP_SESSION_RESUME] = &transition_op,
+    [CH_OP_SESSION_CLOSE] = &transition_op, [CH_OP_SESSION_ARCHIVE] = &transition_op,
+    [CH_OP_SESSION_COMPACT] = &compact_op,  [CH_OP_FACT_PUT] = &fact_put_op,
+    [CH_OP_FACT_DELETE] = &fact_delete_op,  [CH_OP_RETENTION_SWEEP] = &retention_op,
 };

@@ -21,6 +21,18 @@ static const char *const all_keys[] = {
     "sessions.retention.sweep_interval",
     "mandates.max_staleness",
     "events.retention",
+    "core_dumps",
+    "ephemeral.engine",
+    "ephemeral.redis_url",
+    "ephemeral.default_ttl",
+    "ephemeral.max_ttl",
+    "ephemeral.idle_ttl",
+    "ephemeral.command_ttl",
+    "ephemeral.gc_interval",
+    "ephemeral.lock_grace",
+    "ephemeral.purge_on_error",
+    "ephemeral.log_evictions",
+    "ephemeral.exact_expiry",
 };
 #define NKEYS (sizeof(all_keys) / sizeof(all_keys[0]))
 
@@ -39,6 +51,18 @@ static const char *const all_vars[] = {
     "CHARTER_SESSIONS_RETENTION_SWEEP_INTERVAL",
     "CHARTER_MANDATES_MAX_STALENESS",
     "CHARTER_EVENTS_RETENTION",
+    "CHARTER_CORE_DUMPS",
+    "CHARTER_EPHEMERAL_ENGINE",
+    "CHARTER_EPHEMERAL_REDIS_URL",
+    "CHARTER_EPHEMERAL_DEFAULT_TTL",
+    "CHARTER_EPHEMERAL_MAX_TTL",
+    "CHARTER_EPHEMERAL_IDLE_TTL",
+    "CHARTER_EPHEMERAL_COMMAND_TTL",
+    "CHARTER_EPHEMERAL_GC_INTERVAL",
+    "CHARTER_EPHEMERAL_LOCK_GRACE",
+    "CHARTER_EPHEMERAL_PURGE_ON_ERROR",
+    "CHARTER_EPHEMERAL_LOG_EVICTIONS",
+    "CHARTER_EPHEMERAL_EXACT_EXPIRY",
 };
 
 typedef struct fixture {
@@ -130,6 +154,38 @@ static void test_set_each_key(void **state)
     assert_int_equal(c.retention.sweep_interval, 250);
     assert_int_equal(ch_config_set(&c, "sessions.retention.close_idle_after", "0", &e), CH_OK);
     assert_int_equal(c.retention.close_idle_after, 0);
+
+    /* ephemeral.*: times to live take bare seconds as well as durations */
+    assert_string_equal(c.ephemeral.engine, "memory");
+    assert_int_equal(c.ephemeral.default_ttl, 600000);
+    assert_int_equal(c.ephemeral.max_ttl, 3600000);
+    assert_int_equal(c.ephemeral.gc_interval, 30000);
+    assert_true(c.ephemeral.purge_on_error && c.ephemeral.log_evictions && c.ephemeral.exact_expiry);
+    assert_false(c.core_dumps);
+    assert_int_equal(ch_config_set(&c, "ephemeral.engine", "redis", &e), CH_OK);
+    assert_string_equal(c.ephemeral.engine, "redis");
+    assert_int_equal(ch_config_set(&c, "ephemeral.redis_url", "redis://10.0.0.1:6380/2", &e), CH_OK);
+    assert_string_equal(c.ephemeral.redis_url, "redis://10.0.0.1:6380/2");
+    assert_int_equal(ch_config_set(&c, "ephemeral.default_ttl", "120", &e), CH_OK);
+    assert_int_equal(c.ephemeral.default_ttl, 120000);
+    assert_int_equal(ch_config_set(&c, "ephemeral.max_ttl", "2h", &e), CH_OK);
+    assert_int_equal(c.ephemeral.max_ttl, 7200000);
+    assert_int_equal(ch_config_set(&c, "ephemeral.idle_ttl", "0", &e), CH_OK);
+    assert_int_equal(c.ephemeral.idle_ttl, 0);
+    assert_int_equal(ch_config_set(&c, "ephemeral.command_ttl", "1500ms", &e), CH_OK);
+    assert_int_equal(c.ephemeral.command_ttl, 1500);
+    assert_int_equal(ch_config_set(&c, "ephemeral.lock_grace", "5s", &e), CH_OK);
+    assert_int_equal(c.ephemeral.lock_grace, 5000);
+    assert_int_equal(ch_config_set(&c, "ephemeral.purge_on_error", "false", &e), CH_OK);
+    assert_false(c.ephemeral.purge_on_error);
+    assert_int_equal(ch_config_set(&c, "ephemeral.exact_expiry", "off", &e), CH_OK);
+    assert_false(c.ephemeral.exact_expiry);
+    assert_int_equal(ch_config_set(&c, "core_dumps", "true", &e), CH_OK);
+    assert_true(c.core_dumps);
+    /* a bare number is only seconds where a key says so */
+    assert_int_equal(ch_config_set(&c, "ephemeral.gc_interval", "30", &e), CH_CONFIG);
+    assert_int_equal(ch_config_set(&c, "ephemeral.log_evictions", "maybe", &e), CH_CONFIG);
+    assert_string_equal(e.field, "ephemeral.log_evictions");
 }
 
 /* Expects ch_config_set(key, value) to fail with CH_CONFIG naming `field`, and the
@@ -455,6 +511,8 @@ static void test_to_json(void **state)
     /* The rendered values read back through ch_config_set give the same config. */
     assert_int_equal(ch_config_set(&c, "sessions.retention.sweep_interval", "1500ms", &e), CH_OK);
     assert_int_equal(ch_config_set(&c, "log_level", "warn", &e), CH_OK);
+    assert_int_equal(ch_config_set(&c, "ephemeral.log_evictions", "false", &e), CH_OK);
+    assert_int_equal(ch_config_set(&c, "ephemeral.idle_ttl", "45", &e), CH_OK);
     j = ch_config_to_json(&c);
     ch_config back;
     ch_config_defaults(&back);
@@ -463,6 +521,8 @@ static void test_to_json(void **state)
         char text[1100];
         if (json_is_string(v))
             snprintf(text, sizeof(text), "%s", json_string_value(v));
+        else if (json_is_boolean(v))
+            snprintf(text, sizeof(text), "%s", json_is_true(v) ? "true" : "false");
         else
             snprintf(text, sizeof(text), "%lld", (long long)json_integer_value(v));
         if (ch_config_set(&back, all_keys[i], text, &e) != CH_OK)
