@@ -452,8 +452,8 @@ void ch__scope_evict(ch__eph *x, ch__escope *s, ch__evict_reason reason)
         }
     }
     sh->n--;
-    json_t *data = json_pack("{s:s, s:s, s:s, s:s}", "scope", s->id, "agent", s->agent->name, "reason",
-                             reason_names[reason], "flow", flow_names[s->flow]);
+    json_t *data = json_pack("{s:s, s:s, s:s, s:s}", "scope", s->id, "agent", s->agent->name,
+                             "reason", reason_names[reason], "flow", flow_names[s->flow]);
     pthread_mutex_lock(&x->hmu);
     if (s->heap_idx >= 0)
         heap_remove(x, s);
@@ -525,8 +525,8 @@ static void decide(ch__eph *x, ch__escope *s, int64_t now)
         ch_time_format(due, at);
         ch_time_format(s->grace_until, until);
         json_t *data =
-            json_pack("{s:s, s:s, s:s, s:s, s:s}", "scope", s->id, "agent", s->agent->name, "reason",
-                      reason_names[reason], "due_at", at, "grace_until", until);
+            json_pack("{s:s, s:s, s:s, s:s, s:s}", "scope", s->id, "agent", s->agent->name,
+                      "reason", reason_names[reason], "due_at", at, "grace_until", until);
         __atomic_fetch_add(&x->expiring, 1, __ATOMIC_RELAXED);
         pthread_mutex_lock(&x->hmu);
         outbox_add(x, s->agent->tenant, "ephemeral.expiring", data);
