@@ -39,6 +39,9 @@ int ch__session_main(int argc, char **argv);
 int ch__mandate_main(int argc, char **argv);
 /* `charter events`: follows the tenant's event stream (Server-Sent Events). */
 int ch__events_main(int argc, char **argv);
+/* `charter scope <verb>`: the ephemeral scopes API over HTTP, and `scope top`, a live
+ * view of the server's scope metrics. */
+int ch__scope_main(int argc, char **argv);
 
 /* ---------------------------------------------------------------------------------
  * HTTP client (client.c). One process talks to one server: ch__client_init() sets the

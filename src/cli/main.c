@@ -1,7 +1,7 @@
 /*
  * main.c — the `charter` binary's entry point: dispatches `charter <command> ...` to
- * the command's own main (serve, keys, session, mandate, events) through one table, and answers
- * --help and --version.
+ * the command's own main (serve, keys, session, mandate, events, scope) through one table,
+ * and answers --help and --version.
  */
 #include <stdio.h>
 #include <string.h>
@@ -20,6 +20,9 @@ static const command commands[] = {
     {"session", ch__session_main, "open, read and write sessions through the HTTP API"},
     {"mandate", ch__mandate_main, "create, delegate, check and revoke mandates; verify artifacts"},
     {"events", ch__events_main, "follow the stream of mandate and session events"},
+    {"scope", ch__scope_main,
+     "ephemeral scopes: create, get, set, merge, lock, unlock, extend, upgrade,\n"
+     "            complete, delete, purge-agent; top (live view of the scope metrics)"},
 };
 
 static void usage(FILE *f)
@@ -31,7 +34,7 @@ static void usage(FILE *f)
           "  charter <command> --help   help on one command\n"
           "  charter --version          print the version\n"
           "\n"
-          "environment (session, mandate, events, keys signing):\n"
+          "environment (session, mandate, events, scope, keys signing):\n"
           "  CHARTER_URL (default http://127.0.0.1:7433), CHARTER_KEY\n"
           "exit codes: 0 ok, 1 error, 2 server unreachable, 64 usage error\n",
           f);

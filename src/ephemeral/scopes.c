@@ -847,7 +847,8 @@ static ch_status complete_prepare(ch_db *db, ch_req *req)
             ch__scope_unlock(x, s);
             return ch_err_set(e, CH_INVALID_VALUE, field, "the context has no key '%.64s'", k);
         }
-        json_object_set(c->facts, k, v);
+        /* A copy: the context is wiped (when secret) before the facts are written. */
+        json_object_set_new(c->facts, k, json_deep_copy(v));
     }
     context_free(ctx, c->secret);
     if (c->facts == NULL) {

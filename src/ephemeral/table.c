@@ -261,6 +261,8 @@ static void publish(ch__eph *x, json_t *events, bool wait)
 
 static ch__escope *find_in(shard *sh, uint64_t h, const char *id)
 {
+    if (sh->nbuckets == 0)
+        return NULL; /* nothing was ever stored in this shard */
     for (ch__escope *s = *bucket_of(sh, h); s != NULL; s = s->hnext) {
         if (strcmp(s->id, id) == 0)
             return s;
@@ -534,7 +536,11 @@ static void decide(ch__eph *x, ch__escope *s, int64_t now)
         due = s->grace_until;
     }
     if (now >= due) {
-        ch_histogram_observe(&x->lateness, (double)(now - due) / 1000.0);
+        /* Lateness to the microsecond: deadlines are whole milliseconds. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double late = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 - (double)due / 1000.0;
+        ch_histogram_observe(&x->lateness, late > 0 ? late : 0.0);
         ch__scope_evict(x, s, reason);
         return;
     }
