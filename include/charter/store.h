@@ -254,9 +254,12 @@ struct ch_store_methods {
  *
  * charter keeps every scope's clock, lock, flow and owner in its own memory and
  * decides expiry itself (timers, then the GC sweep); an engine only holds context
- * text. So an engine needs no notion of time beyond a backstop: `expires_at` is a
- * moment after which charter will never ask for the context again, and an engine that
- * can expire data on its own (Redis) uses it so nothing outlives a crashed server.
+ * text. So an engine needs no notion of time beyond a backstop: `expires_at` is the
+ * scope's deadline when the call was made. charter may still read the context for up
+ * to ephemeral.lock_grace + ephemeral.gc_interval after it (a locked scope's grace, a
+ * sweep that finds a scope late), so an engine that expires data on its own keeps it
+ * at least that much longer (the Redis engine adds both and one second) — that only
+ * serves to make sure nothing outlives a crashed server.
  *
  * Contract every engine keeps (tests/unit/test_scope_engines.c checks it for each):
  * - open() removes every scope a previous run left behind: scopes never survive a

@@ -94,6 +94,9 @@ ch_status ch__scope_insert(ch__eph *x, ch__escope *s, const char *tenant, const 
 /* Ends s (shard locked): removes it everywhere, drops its context, counts and
  * publishes the eviction, frees s, and unlocks the shard. */
 void ch__scope_evict(ch__eph *x, ch__escope *s, ch__evict_reason reason);
+/* Looks at s (shard locked) now: true when it has ended (evicted, shard unlocked);
+ * false when it lives on (shard still locked), possibly in its lock grace. */
+bool ch__scope_settle(ch__eph *x, ch__escope *s, int64_t now);
 /* The deadline of s moved earlier: moves its timer entry. */
 void ch__scope_rearm(ch__eph *x, ch__escope *s);
 /* Adds delta (may be negative) to the bytes held. */

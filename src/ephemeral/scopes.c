@@ -93,6 +93,10 @@ static ch_status check_key(const char *field, const char *key, ch_err *e)
     if (n == 0 || n > MAX_KEY)
         return ch_err_set(e, CH_INVALID_VALUE, field, "context keys must be 1 to %d bytes",
                           MAX_KEY);
+    json_t *probe = json_stringn(key, n); /* NULL unless valid UTF-8 */
+    if (probe == NULL)
+        return ch_err_set(e, CH_INVALID_VALUE, field, "context keys must be valid UTF-8");
+    json_decref(probe);
     return CH_OK;
 }
 
@@ -193,11 +197,11 @@ static ch_status render(ch__eph *x, ch__escope *s, ch_buf *out, ch_err *e)
         append_time(out, s->grace_until);
     }
     LIT(out, ",\"context\":");
+    /* Every scope stores its context when it is created: an engine without it has lost
+     * it (restarted empty, evicted under memory pressure), which is an engine failure. */
     ch_status st = s->engine->methods->get(s->engine, s->id, &s->slot, append_text, out);
-    if (st == CH_NOT_FOUND) {
-        LIT(out, "{}");
-        st = CH_OK;
-    }
+    if (st == CH_NOT_FOUND)
+        st = CH_IO;
     if (st != CH_OK) {
         out->len = mark;
         return ch_err_set(e, st, NULL, "the %s engine failed to read the context",
@@ -213,13 +217,11 @@ static ch_status load_context(ch__escope *s, json_t **ctx, ch_err *e)
     ch_buf b = {0};
     ch_status st = s->engine->methods->get(s->engine, s->id, &s->slot, append_text, &b);
     bool secret = s->flow == CH__FLOW_SECURE;
-    if (st == CH_NOT_FOUND) {
-        *ctx = json_object();
-        buf_wipe_free(&b, secret);
-        return *ctx ? CH_OK : ch_err_set(e, CH_NOMEM, NULL, NULL);
-    }
     if (st != CH_OK) {
         buf_wipe_free(&b, secret);
+        if (st == CH_NOT_FOUND)
+            return ch_err_set(e, CH_IO, NULL, "the %s engine has lost the scope's context",
+                              s->engine->methods->name);
         return ch_err_set(e, st, NULL, "the %s engine failed to read the context",
                           s->engine->methods->name);
     }
@@ -306,6 +308,10 @@ static ch_status may_mutate(ch__eph *x, ch__escope *s, ch_err *e)
 static ch__escope *find(ch__eph *x, const char *tenant, const char *id, ch_err *e)
 {
     ch__escope *s = ch_id_valid("eph", id) ? ch__scope_lock(x, tenant, id) : NULL;
+    /* A scope past its deadline is over even if no timer has ended it yet (the timer
+     * is a moment away, or only the GC sweep runs): no request may use it. */
+    if (s != NULL && ch__scope_settle(x, s, ch_now_ms()))
+        s = NULL;
     if (s == NULL)
         ch_err_set(e, CH_NOT_FOUND, NULL, "scope not found");
     return s;
@@ -526,9 +532,10 @@ ch_status ch_scope_merge(ch_db *db, const char *tenant, const char *id, const js
     /* A merge patch, one level deep: keys are set, a null removes its key. */
     json_object_foreach(patch, k, v)
     {
+        /* Copies: the context is wiped when secret, and must not reach into the body. */
         if (json_is_null(v))
             json_object_del(ctx, k);
-        else if (json_object_set(ctx, k, v) != 0) {
+        else if (json_object_set_new(ctx, k, json_deep_copy(v)) != 0) {
             context_free(ctx, s->flow == CH__FLOW_SECURE);
             ch__scope_unlock(x, s);
             return ch_err_set(e, CH_NOMEM, NULL, NULL);
@@ -567,7 +574,7 @@ ch_status ch_scope_put_key(ch_db *db, const char *tenant, const char *id, const 
         return e->status;
     if (load_context(s, &ctx, e) != CH_OK)
         return engine_failed(x, s, e);
-    if (json_object_set(ctx, key, value) != 0) {
+    if (json_object_set_new(ctx, key, json_deep_copy(value)) != 0) {
         context_free(ctx, s->flow == CH__FLOW_SECURE);
         ch__scope_unlock(x, s);
         return ch_err_set(e, CH_NOMEM, NULL, NULL);
@@ -699,10 +706,14 @@ ch_status ch_scope_act(ch_db *db, const char *tenant, const char *id, ch_scope_v
             ch__scope_unlock(x, s);
             return e->status;
         }
-        if (upgrade(x, s, e) != CH_OK)
-            return engine_failed(x, s, e);
-        bool sooner = until < s->expires_at;
+        /* The new deadline first: the engine's backstop is set from it. */
+        int64_t was = s->expires_at;
         s->expires_at = until;
+        if (upgrade(x, s, e) != CH_OK) {
+            s->expires_at = was;
+            return engine_failed(x, s, e);
+        }
+        bool sooner = until < was;
         s->ttl = ttl;
         s->flow = CH__FLOW_SCOPED;
         ch__scope_flow_moved(x, CH__FLOW_COMMAND, CH__FLOW_SCOPED);
@@ -825,12 +836,13 @@ static ch_status complete_prepare(ch_db *db, ch_req *req)
     if (s == NULL || may_mutate(x, s, e) != CH_OK)
         return e->status;
     c->secret = s->flow == CH__FLOW_SECURE;
+    if (session != NULL)
+        snprintf(c->session, sizeof(c->session), "%s", session);
     if (c->secret && !transfer) {
-        /* Secrets stay where they are: the scope is locked until it expires. */
+        /* Secrets stay where they are: once the request succeeds the scope is locked
+         * until it expires. */
         c->lock_only = true;
-        s->locked = true;
-        ch__scope_locked(x, true);
-        s->last_used = ch_now_ms();
+        s->completing = true;
         ch__scope_unlock(x, s);
         return CH_OK;
     }
@@ -855,8 +867,6 @@ static ch_status complete_prepare(ch_db *db, ch_req *req)
         ch__scope_unlock(x, s);
         return ch_err_set(e, CH_NOMEM, NULL, NULL);
     }
-    if (session != NULL)
-        snprintf(c->session, sizeof(c->session), "%s", session);
     /* No other change until the write is durable and the scope is purged. */
     s->completing = true;
     ch__scope_unlock(x, s);
@@ -872,14 +882,20 @@ static ch_status complete_exec(ch_db *db, ch_store *w, ch_req *req)
 
     if (transferred == NULL)
         return ch_err_set(&req->err, CH_NOMEM, NULL, NULL);
-    if (!c->lock_only && json_object_size(c->facts) > 0) {
+    /* A named session must exist even when nothing is copied into it. */
+    if (c->session[0] != '\0') {
+        json_t *none = json_object();
+        const json_t *facts = !c->lock_only && c->facts != NULL ? c->facts : none;
         ch_status st =
-            ch__session_put_facts(w, req->tenant, c->session, c->facts, ch_now_ms(), &req->err);
+            none ? ch__session_put_facts(w, req->tenant, c->session, facts, ch_now_ms(), &req->err)
+                 : ch_err_set(&req->err, CH_NOMEM, NULL, NULL);
+        json_decref(none);
         if (st != CH_OK) {
             json_decref(transferred);
             return st;
         }
-        json_object_foreach(c->facts, k, v) json_array_append_new(transferred, json_string(k));
+        if (!c->lock_only)
+            json_object_foreach(c->facts, k, v) json_array_append_new(transferred, json_string(k));
     }
     req->result = json_pack("{s:s, s:o, s:o, s:b, s:b}", "id", req->id, "session",
                             c->session[0] ? json_string(c->session) : json_null(), "transferred",
@@ -892,7 +908,7 @@ static void complete_finish(ch_db *db, ch_req *req)
 {
     complete_prep *c = req->priv->prep;
     ch__eph *x = ch__db_eph(db);
-    if (x == NULL || c == NULL || c->lock_only)
+    if (x == NULL || c == NULL)
         return;
     ch__escope *s = ch__scope_lock(x, req->tenant, req->id);
     if (s == NULL || !s->completing) {
@@ -902,7 +918,13 @@ static void complete_finish(ch_db *db, ch_req *req)
     }
     s->completing = false;
     ch_status st = req->err.status;
-    if (st == CH_OK)
+    if (st == CH_OK && c->lock_only) {
+        if (!s->locked) {
+            s->locked = true;
+            ch__scope_locked(x, true);
+        }
+        ch__scope_unlock(x, s);
+    } else if (st == CH_OK)
         ch__scope_evict(x, s, CH__EVICT_PURGED);
     else if (st == CH_IO || st == CH_INTERNAL || st == CH_NOMEM)
         ch__scope_failed(x, s); /* the transfer failed on our side: fail safe */

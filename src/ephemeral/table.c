@@ -512,9 +512,11 @@ ch_status ch__scope_agent_ids(ch__eph *x, const char *tenant, const char *agent,
 
 /* ---- ending scopes ---------------------------------------------------------------- */
 
-/* Looks at s (shard locked) at time now: ends it, starts its lock grace, or (when the
- * timer thread holds its entry) puts it back at its deadline. Unlocks the shard. */
-static void decide(ch__eph *x, ch__escope *s, int64_t now)
+/* Looks at s (shard locked) at time now: ends it (true, shard unlocked), or leaves it
+ * alive (false, shard still locked) after starting its lock grace when a locked scope
+ * has reached its deadline, and putting it back in the heap when the timer thread
+ * holds its entry. */
+bool ch__scope_settle(ch__eph *x, ch__escope *s, int64_t now)
 {
     ch__evict_reason reason;
     int64_t due = due_of(s, &reason);
@@ -542,7 +544,7 @@ static void decide(ch__eph *x, ch__escope *s, int64_t now)
         double late = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 - (double)due / 1000.0;
         ch_histogram_observe(&x->lateness, late > 0 ? late : 0.0);
         ch__scope_evict(x, s, reason);
-        return;
+        return true;
     }
     if (x->cfg.exact_expiry) {
         pthread_mutex_lock(&x->hmu);
@@ -550,7 +552,13 @@ static void decide(ch__eph *x, ch__escope *s, int64_t now)
             heap_push(x, s, due);
         pthread_mutex_unlock(&x->hmu);
     }
-    ch__scope_unlock(x, s);
+    return false;
+}
+
+static void decide(ch__eph *x, ch__escope *s, int64_t now)
+{
+    if (!ch__scope_settle(x, s, now))
+        ch__scope_unlock(x, s);
 }
 
 /* The safety net: every scope past its deadline, whatever its timer did. */
@@ -652,8 +660,8 @@ static void *timer_main(void *arg)
 static ch_status open_engine(const char *name, const ch_config *cfg, ch_scope_engine **out,
                              ch_err *e)
 {
-    const ch_scope_engine_methods *m =
-        strcmp(name, "secure") == 0 ? &ch__scope_secure_methods : ch_scope_engine_find(name);
+    /* The guarded engine of secure scopes is not registered: it cannot be configured. */
+    const ch_scope_engine_methods *m = ch_scope_engine_find(name);
     if (m == NULL)
         return ch_err_set(e, CH_CONFIG, "ephemeral.engine",
                           "unknown ephemeral engine '%s' (memory, sqlite or redis)", name);
@@ -697,7 +705,7 @@ ch_status ch__eph_open(ch_db *db, const ch_config *cfg, ch__eph **out, ch_err *e
         goto fail;
     }
     if (open_engine("memory", cfg, &x->memory, e) != CH_OK ||
-        open_engine("secure", cfg, &x->secure, e) != CH_OK ||
+        ch__scope_secure_methods.open(cfg, &x->secure, e) != CH_OK ||
         open_engine(ec->engine, cfg, &x->engine, e) != CH_OK)
         goto fail;
     *out = x;

@@ -13,7 +13,7 @@ static const char *const route_labels[] = {
 };
 
 /* The statuses charter answers with; anything else is counted under "other". */
-static const int statuses[] = {200, 201, 400, 401, 404, 405, 409, 413, 422, 500, 503, 0};
+static const int statuses[] = {200, 201, 400, 401, 404, 405, 409, 413, 422, 423, 500, 503, 0};
 #define NSTATUS (sizeof(statuses) / sizeof(statuses[0]))
 
 static ch_histogram latency[CH__ROUTE_COUNT][NSTATUS];
