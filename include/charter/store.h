@@ -273,7 +273,7 @@ struct ch_store_methods {
  *   scope has no context stored;
  * - failures to reach the engine are CH_UNAVAILABLE, other storage failures CH_IO.
  * ------------------------------------------------------------------------------- */
-#define CH_SCOPE_ENGINE_VERSION 1
+#define CH_SCOPE_ENGINE_VERSION 2
 
 typedef struct ch_scope_engine ch_scope_engine;
 typedef struct ch_scope_engine_methods ch_scope_engine_methods;
@@ -302,6 +302,20 @@ struct ch_scope_engine_methods {
     /* Moves the backstop; NULL when the engine has none. */
     ch_status (*expire)(ch_scope_engine *en, const char *id, void *const *slot,
                         int64_t expires_at);
+
+    /* ---- version 2: optional single-key access ----
+     * An engine that can reach one key of a context without reading and rewriting the
+     * whole text sets these (NULL otherwise: charter then reads, changes and puts the
+     * whole context). `key` is the key as JSON string text, quotes included; `value`
+     * is a JSON value's text. put_key sets or replaces the key, refusing with
+     * CH_INVALID_VALUE (and changing nothing) when the whole context would exceed max
+     * bytes, and sets *total to the context's new length. get_key hands the value text
+     * to cb; CH_NOT_FOUND when the context has no such key. */
+    ch_status (*put_key)(ch_scope_engine *en, const char *id, void **slot, const char *key,
+                         size_t klen, const char *value, size_t vlen, size_t max,
+                         int64_t expires_at, size_t *total);
+    ch_status (*get_key)(ch_scope_engine *en, const char *id, void *const *slot, const char *key,
+                         size_t klen, ch_scope_text_cb cb, void *arg);
 };
 
 /* Registers an engine under methods->name (before ch_db_open). The built-in "memory",

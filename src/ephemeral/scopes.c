@@ -468,6 +468,22 @@ static void context_free(json_t *ctx, bool secret)
     json_decref(ctx);
 }
 
+/* The engine's single-key methods, when it has them (NULL otherwise). */
+static const ch_scope_engine_methods *keyed(const ch__escope *s)
+{
+    const ch_scope_engine_methods *m = s->engine->methods;
+    return m->version >= 2 && m->put_key != NULL && m->get_key != NULL ? m : NULL;
+}
+
+/* key as JSON string text, quotes included (malloc'd). */
+static char *key_text(const char *key)
+{
+    json_t *k = json_string(key);
+    char *t = k ? json_dumps(k, JSON_ENCODE_ANY) : NULL;
+    json_decref(k);
+    return t;
+}
+
 ch_status ch_scope_get_key(ch_db *db, const char *tenant, const char *id, const char *key,
                            ch_buf *out, ch_err *e)
 {
@@ -480,7 +496,34 @@ ch_status ch_scope_get_key(ch_db *db, const char *tenant, const char *id, const 
     if (s == NULL)
         return e->status;
     bool secret = s->flow == CH__FLOW_SECURE;
-    if (use(x, s, ch_now_ms(), e) != CH_OK || load_context(s, &ctx, e) != CH_OK)
+    if (use(x, s, ch_now_ms(), e) != CH_OK)
+        return engine_failed(x, s, e);
+    const ch_scope_engine_methods *m = keyed(s);
+    if (m != NULL) {
+        /* One key, straight from the engine: {"key":K,"value":V} without parsing. */
+        char *kt = key_text(key);
+        if (kt == NULL) {
+            ch__scope_unlock(x, s);
+            return ch_err_set(e, CH_NOMEM, NULL, NULL);
+        }
+        size_t mark = out->len;
+        ch_buf_printf(out, "{\"key\":%s,\"value\":", kt);
+        ch_status st = m->get_key(s->engine, s->id, &s->slot, kt, strlen(kt), append_text, out);
+        free(kt);
+        if (st == CH_OK) {
+            LIT(out, "}");
+            ch__scope_unlock(x, s);
+            return CH_OK;
+        }
+        out->len = mark;
+        if (st == CH_NOT_FOUND) {
+            ch__scope_unlock(x, s);
+            return ch_err_set(e, CH_NOT_FOUND, "key", "the context has no such key");
+        }
+        ch_err_set(e, st, NULL, "the %s engine failed to read the key", m->name);
+        return engine_failed(x, s, e);
+    }
+    if (load_context(s, &ctx, e) != CH_OK)
         return engine_failed(x, s, e);
     json_t *v = json_object_get(ctx, key);
     ch_status st = v == NULL ? ch_err_set(e, CH_NOT_FOUND, "key", "the context has no such key")
@@ -572,6 +615,38 @@ ch_status ch_scope_put_key(ch_db *db, const char *tenant, const char *id, const 
     ch__escope *s = find(x, tenant, id, e);
     if (s == NULL || may_mutate(x, s, e) != CH_OK)
         return e->status;
+    const ch_scope_engine_methods *m = keyed(s);
+    if (m != NULL) {
+        /* The engine sets the one key: the rest of the context is not parsed. */
+        bool secret = s->flow == CH__FLOW_SECURE;
+        size_t vlen = 0, total = 0;
+        char *kt = key_text(key), *vt = ch_json_canonical(value, &vlen);
+        ch_status st = kt && vt ? m->put_key(s->engine, s->id, &s->slot, kt, strlen(kt), vt, vlen,
+                                             MAX_CONTEXT, s->expires_at, &total)
+                                : CH_NOMEM;
+        if (st == CH_OK) {
+            ch__scope_bytes(x, s, (int64_t)total - (int64_t)s->bytes);
+            s->bytes = (uint32_t)total;
+            st = use(x, s, ch_now_ms(), e);
+            if (st == CH_OK) {
+                char at[32];
+                ch_time_format(s->expires_at, at);
+                ch_buf_printf(out, "{\"key\":%s,\"value\":", kt);
+                ch_buf_append(out, vt, vlen);
+                ch_buf_printf(out, ",\"expires_at\":\"%s\"}", at);
+            }
+        } else if (st == CH_INVALID_VALUE) {
+            ch_err_set(e, st, "value", "a context is at most %d bytes", MAX_CONTEXT);
+        } else {
+            ch_err_set(e, st, NULL, "the %s engine failed to store the key", m->name);
+        }
+        free(kt);
+        text_free(vt, vlen, secret);
+        if (st != CH_OK)
+            return engine_failed(x, s, e);
+        ch__scope_unlock(x, s);
+        return CH_OK;
+    }
     if (load_context(s, &ctx, e) != CH_OK)
         return engine_failed(x, s, e);
     if (json_object_set_new(ctx, key, json_deep_copy(value)) != 0) {

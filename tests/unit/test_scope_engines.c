@@ -340,6 +340,63 @@ static void test_round_trip(void **state)
     free(bytes);
 }
 
+/* Single-key access (version 2, optional): set, replace and read one key without the
+ * rest of the context changing; the whole text stays the object charter would write;
+ * the size limit refuses and changes nothing; a context stored in another form is
+ * still reachable key by key. Engines without put_key/get_key skip it. */
+static void test_keys(void **state)
+{
+    suite *s = *state;
+    if (s->m->version < 2 || s->m->put_key == NULL || s->m->get_key == NULL)
+        return;
+    void *slot = NULL;
+    size_t total = 0;
+    static const char ctx[] = "{\"a\":1,\"c\":{\"x\":[true,null]}}";
+    assert_int_equal(put_text(s, "k", &slot, ctx, strlen(ctx)), CH_OK);
+    assert_int_equal(s->m->put_key(s->en, "k", &slot, "\"b\"", 3, "\"two\"", 5, 65536,
+                                   ch_now_ms() + 60000, &total),
+                     CH_OK);
+    static const char after[] = "{\"a\":1,\"b\":\"two\",\"c\":{\"x\":[true,null]}}";
+    assert_int_equal(total, strlen(after));
+    assert_context(s, "k", &slot, after, strlen(after));
+    assert_int_equal(s->m->put_key(s->en, "k", &slot, "\"a\"", 3, "[1,2]", 5, 65536,
+                                   ch_now_ms() + 60000, &total),
+                     CH_OK);
+    static const char replaced[] = "{\"a\":[1,2],\"b\":\"two\",\"c\":{\"x\":[true,null]}}";
+    assert_context(s, "k", &slot, replaced, strlen(replaced));
+    got g = {0};
+    assert_int_equal(s->m->get_key(s->en, "k", &slot, "\"c\"", 3, on_text, &g), CH_OK);
+    assert_string_equal(g.text, "{\"x\":[true,null]}");
+    got_clear(&g);
+    assert_int_equal(s->m->get_key(s->en, "k", &slot, "\"zz\"", 4, on_text, &g), CH_NOT_FOUND);
+    assert_int_equal(g.calls, 0);
+    /* over the limit: refused, nothing changed */
+    assert_int_equal(
+        s->m->put_key(s->en, "k", &slot, "\"d\"", 3, "12345", 5, 20, ch_now_ms() + 60000, &total),
+        CH_INVALID_VALUE);
+    assert_context(s, "k", &slot, replaced, strlen(replaced));
+    /* a first key into an empty slot */
+    void *fresh = NULL;
+    assert_int_equal(
+        s->m->put_key(s->en, "k2", &fresh, "\"q\"", 3, "0", 1, 65536, ch_now_ms() + 60000, &total),
+        CH_OK);
+    assert_context(s, "k2", &fresh, "{\"q\":0}", 7);
+    /* stored in another form (spaces, unsorted): kept as given, still reachable */
+    static const char loose[] = "{ \"z\": 1, \"y\": \"w\" }";
+    assert_int_equal(put_text(s, "k3", &fresh, loose, strlen(loose)), CH_OK);
+    assert_context(s, "k3", &fresh, loose, strlen(loose));
+    assert_int_equal(s->m->get_key(s->en, "k3", &fresh, "\"y\"", 3, on_text, &g), CH_OK);
+    assert_string_equal(g.text, "\"w\"");
+    got_clear(&g);
+    assert_int_equal(
+        s->m->put_key(s->en, "k3", &fresh, "\"x\"", 3, "2", 1, 65536, ch_now_ms() + 60000, &total),
+        CH_OK);
+    static const char indexed[] = "{\"x\":2,\"y\":\"w\",\"z\":1}";
+    assert_context(s, "k3", &fresh, indexed, strlen(indexed));
+    assert_int_equal(s->m->del(s->en, "k", &slot), CH_OK);
+    assert_int_equal(s->m->del(s->en, "k3", &fresh), CH_OK);
+}
+
 static void test_replace(void **state)
 {
     suite *s = *state;
@@ -855,7 +912,7 @@ static int run_suite(suite *s)
     const struct CMUnitTest common[] = {
         ENGINE_TEST(test_round_trip),    ENGINE_TEST(test_replace), ENGINE_TEST(test_get_unknown),
         ENGINE_TEST(test_del),           ENGINE_TEST(test_slots),   ENGINE_TEST(test_concurrent),
-        ENGINE_TEST(test_reopen_clears), ENGINE_TEST(test_expire),
+        ENGINE_TEST(test_reopen_clears), ENGINE_TEST(test_expire),  ENGINE_TEST(test_keys),
     };
     const struct CMUnitTest sqlite_tests[] = {
         ENGINE_TEST(test_sqlite_file),

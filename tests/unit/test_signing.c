@@ -594,8 +594,9 @@ static void decide_is(const json_t *claims, const char *tool, const char *lane,
     const char *r = NULL;
     bool got = ch_artifact_decide(claims, tool, lane, resource, cls, &r);
     if (got != allow || r == NULL || strcmp(r, reason) != 0)
-        fail_msg("decide %s/%s/%s/%s: got %d %s, want %d %s", tool, lane, resource, cls, got,
-                 r ? r : "(null)", allow, reason);
+        fail_msg("decide %s/%s/%s/%s: got %d %s, want %d %s", tool ? tool : "(null)",
+                 lane ? lane : "(null)", resource ? resource : "(null)", cls ? cls : "(null)",
+                 got, r ? r : "(null)", allow, reason);
 }
 
 static void test_decide(void **state)
