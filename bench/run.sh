@@ -4,10 +4,11 @@
 #
 # Usage: bench/run.sh BUILD_DIR     (`make bench` runs it on build/)
 #
-# It starts everything it measures itself (charter, nginx, the SQLite baseline) on
-# 127.0.0.1, on free ports, with all state in a temp dir under .bench/, and a trap
-# stops every process it started however the script ends. Numbers are reported, never
-# asserted; the script fails (exit 1) when a server does not start or requests error.
+# It starts everything it measures itself (charter, nginx, a private redis-server, the
+# SQLite baseline) on 127.0.0.1, on free ports, with all state in a temp dir under
+# .bench/, and a trap stops every process it started however the script ends. Numbers
+# are reported, never asserted; the script fails (exit 1) when a server does not start
+# or requests error.
 #
 # Environment:
 #   BENCH_DURATION         seconds per throughput run (default 10)
@@ -19,6 +20,15 @@
 #   BENCH_CASCADE_SESSION_TREES  the same with a session bound to every leaf
 #                          (default 3; 0 skips that row)
 #   BENCH_SSE_REVOKES      revokes timed to the event stream (default 200)
+#   BENCH_ONLY             which rows: "all" (default), "core" (sessions, HTTP
+#                          ceiling, mandates) or "scopes" (the ephemeral-scope rows)
+#   BENCH_SCOPES           scopes the scope GET / context PUT rows run on, and the keys
+#                          redis-benchmark uses (default 10000)
+#   BENCH_SCOPE_RSS_COUNT  live scopes of the RSS row (default 1000000; 0 skips it)
+#   BENCH_SCOPE_EXPIRY_COUNT  scopes due in the same second, expiry lateness row
+#                          (default 100000; 0 skips it)
+#   REDIS_SERVER, REDIS_BENCHMARK  the Redis binaries (default: redis-server and
+#                          redis-benchmark on PATH)
 #   BENCH_KEEP=1           keep the temp dir (data dirs, logs, wrk output)
 set -eu
 set -o pipefail
@@ -34,16 +44,24 @@ for v in "${BENCH_DURATION:-10}" "${BENCH_BUNDLE_DURATION:-5}"; do
 	'' | *[!0-9]* | 0) echo "bench: durations are whole seconds >= 1, not '$v'" >&2 && exit 2 ;;
 	esac
 done
-for v in "${BENCH_CHECK_CALLS:-1000000}" "${BENCH_CASCADE_TREES:-5}" "${BENCH_SSE_REVOKES:-200}"; do
+for v in "${BENCH_CHECK_CALLS:-1000000}" "${BENCH_CASCADE_TREES:-5}" "${BENCH_SSE_REVOKES:-200}" \
+	"${BENCH_SCOPES:-10000}"; do
 	case $v in
 	'' | *[!0-9]* | 0) echo "bench: counts are whole numbers >= 1, not '$v'" >&2 && exit 2 ;;
 	esac
 done
-case ${BENCH_CASCADE_SESSION_TREES:-3} in
-'' | *[!0-9]*)
-	echo "bench: BENCH_CASCADE_SESSION_TREES is a whole number >= 0, not" \
-		"'$BENCH_CASCADE_SESSION_TREES'" >&2 && exit 2
-	;;
+for v in BENCH_CASCADE_SESSION_TREES=${BENCH_CASCADE_SESSION_TREES:-3} \
+	BENCH_SCOPE_RSS_COUNT=${BENCH_SCOPE_RSS_COUNT:-1000000} \
+	BENCH_SCOPE_EXPIRY_COUNT=${BENCH_SCOPE_EXPIRY_COUNT:-100000}; do
+	case ${v#*=} in
+	'' | *[!0-9]*)
+		echo "bench: ${v%%=*} is a whole number >= 0, not '${v#*=}'" >&2 && exit 2
+		;;
+	esac
+done
+case ${BENCH_ONLY:-all} in
+all | core | scopes) ;;
+*) echo "bench: BENCH_ONLY is all, core or scopes, not '$BENCH_ONLY'" >&2 && exit 2 ;;
 esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
@@ -57,6 +75,12 @@ CHECK_CALLS=${BENCH_CHECK_CALLS:-1000000}
 CASCADE_TREES=${BENCH_CASCADE_TREES:-5}
 CASCADE_SESSION_TREES=${BENCH_CASCADE_SESSION_TREES:-3}
 SSE_REVOKES=${BENCH_SSE_REVOKES:-200}
+ONLY=${BENCH_ONLY:-all}
+SCOPES=${BENCH_SCOPES:-10000}
+SCOPE_RSS_COUNT=${BENCH_SCOPE_RSS_COUNT:-1000000}
+SCOPE_EXPIRY_COUNT=${BENCH_SCOPE_EXPIRY_COUNT:-100000}
+SCOPE_CONNS=50   # wrk and redis-benchmark connections for the scope rows
+SCOPE_THREADS=2  # wrk threads and redis-benchmark --threads for the scope rows
 CASCADE_DESCENDANTS=10000   # mandates below the revoked root
 SESSIONS=64   # sessions appended to, round-robin (and threads in the baseline)
 CONNS=64      # wrk connections for the throughput runs
@@ -67,6 +91,8 @@ BASELINE=$BUILD/bench/bench_sqlite_per_item
 BENCH_CHECK=$BUILD/bench/bench_check
 BENCH_ARTIFACT=$BUILD/bench/bench_artifact
 NGINX=${NGINX:-/usr/sbin/nginx}
+REDIS_SERVER=${REDIS_SERVER:-redis-server}
+REDIS_BENCHMARK=${REDIS_BENCHMARK:-redis-benchmark}
 
 PIDS=()   # every process this script started, stopped by the trap
 TMP=""
@@ -152,10 +178,19 @@ cleanup() {
 
 check_tools() {
 	[ -x "$CHARTER" ] || die "$CHARTER not found (build first: make build)"
-	[ -x "$BASELINE" ] || die "$BASELINE not found (build first: make build)"
-	[ -x "$BENCH_CHECK" ] || die "$BENCH_CHECK not found (build first: make build)"
-	[ -x "$BENCH_ARTIFACT" ] || die "$BENCH_ARTIFACT not found (build first: make build)"
-	[ -x "$NGINX" ] || die "$NGINX not found (scripts/deps.sh installs nginx-light)"
+	if [ "$ONLY" != scopes ]; then
+		[ -x "$BASELINE" ] || die "$BASELINE not found (build first: make build)"
+		[ -x "$BENCH_CHECK" ] || die "$BENCH_CHECK not found (build first: make build)"
+		[ -x "$BENCH_ARTIFACT" ] || die "$BENCH_ARTIFACT not found (build first: make build)"
+		[ -x "$NGINX" ] || die "$NGINX not found (scripts/deps.sh installs nginx-light)"
+	fi
+	if [ "$ONLY" != core ]; then
+		command -v "$REDIS_SERVER" >/dev/null ||
+			die "$REDIS_SERVER not found (apt-get install redis-server, or set REDIS_SERVER)"
+		command -v "$REDIS_BENCHMARK" >/dev/null ||
+			die "$REDIS_BENCHMARK not found (it comes with redis-tools; or set REDIS_BENCHMARK)"
+		command -v timeout >/dev/null || die "timeout not found (coreutils)"
+	fi
 	command -v wrk >/dev/null || die "wrk not found (scripts/deps.sh installs it)"
 	command -v curl >/dev/null || die "curl not found"
 	command -v python3 >/dev/null || die "python3 not found"
@@ -182,15 +217,17 @@ wait_http() {
 	die "no answer from $url after 15 s; log: $logfile"
 }
 
-# start_charter NAME THREADS: starts `charter serve` on a fresh data dir; sets
-# CH_PID, CH_PORT, CH_LOG and CH_KEY (path of the bootstrap key file).
+# start_charter NAME THREADS [CONFIG]: starts `charter serve` on a fresh data dir (with
+# --config CONFIG when given); sets CH_PID, CH_PORT, CH_LOG and CH_KEY (path of the
+# bootstrap key file).
 start_charter() {
-	local name=$1 threads=$2 dir=$TMP/$1 i
+	local name=$1 threads=$2 dir=$TMP/$1 i config=()
+	[ $# -lt 3 ] || config=(--config "$3")
 	mkdir -p "$dir/data"
 	CH_PORT=$(free_port)
 	CH_LOG=$dir/server.log
-	"$CHARTER" serve --data-dir "$dir/data" --listen "127.0.0.1:$CH_PORT" \
-		--threads "$threads" --log-level warn >"$CH_LOG" 2>&1 &
+	"$CHARTER" serve ${config[@]+"${config[@]}"} --data-dir "$dir/data" \
+		--listen "127.0.0.1:$CH_PORT" --threads "$threads" --log-level warn >"$CH_LOG" 2>&1 &
 	CH_PID=$!
 	PIDS+=("$CH_PID")
 	wait_http "http://127.0.0.1:$CH_PORT/healthz" "$CH_PID" "$CH_LOG"
@@ -356,9 +393,17 @@ print_table() {
 		printf "$fmt" "$b" "$c" "$base" "$r" "$t" "$m"
 	done
 	echo
-	echo "baselines: sqlite/item = bench_sqlite_per_item ($SESSIONS threads, one transaction" \
-		"per event, WAL, synchronous=FULL); nginx = nginx-light, 1 worker, return 200" \
-		"(a fixed reply for /v1/check); ed25519 = crypto_sign_verify_detached alone."
+	if [ "$ONLY" != scopes ]; then
+		echo "baselines: sqlite/item = bench_sqlite_per_item ($SESSIONS threads, one transaction" \
+			"per event, WAL, synchronous=FULL); nginx = nginx-light, 1 worker, return 200" \
+			"(a fixed reply for /v1/check); ed25519 = crypto_sign_verify_detached alone."
+	fi
+	if [ "$ONLY" != core ]; then
+		echo "scope baselines: redis = $REDIS_VERSION (--save \"\" --appendonly no), driven by" \
+			"redis-benchmark --threads $SCOPE_THREADS -c $SCOPE_CONNS -r $SCOPES, no pipelining," \
+			"100-byte values; charter by wrk -t$SCOPE_THREADS -c$SCOPE_CONNS on" \
+			"$(thousands "$SCOPES") scopes with 100-byte contexts, --threads 1."
+	fi
 	if [ ${#NOTES[@]} -gt 0 ]; then
 		printf "%s\n" "${NOTES[@]}"
 	fi
@@ -612,24 +657,211 @@ bench_inproc() {
 	done <"$out"
 }
 
-main() {
-	local ratio ch_rps ng_rps ch_ck_rps ch_ck_p50 ch_ck_p99 allow
-	check_tools
-	mkdir -p "$ROOT/.bench"
-	TMP=$(mktemp -d "$ROOT/.bench/run.XXXXXX")
-	trap cleanup EXIT
-	trap 'exit 130' INT
-	trap 'exit 143' TERM
-	log "temp dir $TMP"
-	# Everything here shares the cores with whatever else runs on the machine.
-	LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-	if awk -v l="${LOAD_BEFORE%% *}" 'BEGIN { exit !(l >= 0.5) }'; then
-		log "warning: load average is $LOAD_BEFORE before starting; other processes" \
-			"compete for the cores and the disk, numbers will be noisy"
-	fi
+# --- 10. ephemeral scopes: GET and context PUT against Redis ---------------------------
+REDIS_VERSION="redis"
 
-	cpu_snapshot "$TMP/cpu.before"
-	START=$SECONDS
+# start_redis: a private redis-server (no persistence) on a free port, filled with the
+# $SCOPES keys redis-benchmark -r $SCOPES reads (100-byte values); sets REDIS_PORT and
+# REDIS_PID.
+start_redis() {
+	local dir=$TMP/redis
+	mkdir -p "$dir"
+	REDIS_PORT=$(free_port)
+	REDIS_VERSION=$("$REDIS_SERVER" --version | sed -n 's/.*v=\([0-9.]*\).*/redis-server \1/p')
+	"$REDIS_SERVER" --save "" --appendonly no --bind 127.0.0.1 --port "$REDIS_PORT" \
+		--dir "$dir" --logfile "$dir/redis.log" --daemonize no >"$dir/stdout.log" 2>&1 &
+	REDIS_PID=$!
+	PIDS+=("$REDIS_PID")
+	if ! python3 "$BENCH/scopes.py" redis-fill "$REDIS_PORT" "$SCOPES" 2>"$dir/fill.log"; then
+		cat "$dir/fill.log" >&2
+		tail -n 20 "$dir/redis.log" >&2 || true
+		die "redis-server (pid $REDIS_PID) did not start or could not be filled"
+	fi
+	log "$REDIS_VERSION pid $REDIS_PID on 127.0.0.1:$REDIS_PORT, $(thousands "$SCOPES") keys"
+}
+
+# bench_redis NAME ARGS...: redis-benchmark for about BENCH_DURATION seconds (a short
+# calibration run first: redis-benchmark counts requests, not seconds); sets RB_RPS,
+# RB_P50 and RB_P99 (ms).
+bench_redis() {
+	local name=$1 out=$TMP/redis-$1 n rb
+	shift
+	rb=(timeout $((DURATION * 5 + 60)) "$REDIS_BENCHMARK" -h 127.0.0.1 -p "$REDIS_PORT"
+		-c "$SCOPE_CONNS" --threads "$SCOPE_THREADS" -r "$SCOPES" --csv)
+	if ! run_child "$out.calibrate.csv" "${rb[@]}" -n 50000 "$@" ||
+		! python3 "$BENCH/scopes.py" redis-csv "$out.calibrate.csv" >"$out.calibrate.out"; then
+		cat "$out.calibrate.csv" >&2
+		die "redis-benchmark failed: $REDIS_BENCHMARK $*"
+	fi
+	n=$(calc "%.0f" "$(field "$out.calibrate.out" rps) * $DURATION")
+	log "redis: $name, -c$SCOPE_CONNS --threads $SCOPE_THREADS, -n $n (about ${DURATION}s)"
+	if ! run_child "$out.csv" "${rb[@]}" -n "$n" "$@" ||
+		! python3 "$BENCH/scopes.py" redis-csv "$out.csv" >"$out.out"; then
+		cat "$out.csv" >&2
+		die "redis-benchmark failed: $REDIS_BENCHMARK $*"
+	fi
+	RB_RPS=$(calc "%.0f" "$(field "$out.out" rps)")
+	RB_P50=$(calc "%.2f" "$(field "$out.out" p50_ms)")
+	RB_P99=$(calc "%.2f" "$(field "$out.out" p99_ms)")
+	NOTES+=("redis $name detail: $(cat "$out.out") n=$n")
+}
+
+# bench_scope_http NAME SCRIPT: wrk with bench/SCRIPT on the running charter, over the
+# scopes in $TMP/scope-ids-$CH_NAME.txt; sets SC_RPS, SC_P50, SC_P99 (ms) and SC_CPU
+# (cpu-s of the HTTP thread).
+bench_scope_http() {
+	local name=$1 script=$2 out=$TMP/wrk-$1.out
+	log "charter: $name, -t$SCOPE_THREADS -c$SCOPE_CONNS, ${DURATION}s"
+	thread_cpu "$CH_PID" "$out.threads.before"
+	run_wrk "$out" -t"$SCOPE_THREADS" -c"$SCOPE_CONNS" -d"${DURATION}s" --timeout 10s \
+		-s "$BENCH/$script" "http://127.0.0.1:$CH_PORT" -- "$SCOPE_IDS" "$CH_KEY"
+	thread_cpu "$CH_PID" "$out.threads.after"
+	check_alive "$CH_PID" "charter" "$CH_LOG"
+	if [ "$(field "$out" non2xx)" != 0 ] || [ "$(field "$out" socket_errors)" != 0 ]; then
+		problem "$name: $(field "$out" non2xx) responses >= 400," \
+			"$(field "$out" socket_errors) socket errors; log: $CH_LOG"
+	fi
+	SC_RPS=$(calc "%.0f" "$(field "$out" requests) / $(field "$out" seconds)")
+	SC_P50=$(calc "%.2f" "$(field "$out" p50_us) / 1000")
+	SC_P99=$(calc "%.2f" "$(field "$out" p99_us) / 1000")
+	SC_CPU=$(awk -v hz="$(getconf CLK_TCK)" 'NR == FNR { b[$1] = $2; next }
+		$1 == "ch-http-0" { printf "%.2f", ($2 - b[$1]) / hz }' \
+		"$out.threads.before" "$out.threads.after")
+	NOTES+=("scope $name detail: requests=$(field "$out" requests) seconds=$(field "$out" seconds)\
+ rps=$SC_RPS p50_ms=$SC_P50 p99_ms=$SC_P99 ch-http-0_cpu_s=$SC_CPU\
+ cpu_us_per_request=$(calc "%.1f" "$SC_CPU * 1000000 / $(field "$out" requests)")")
+}
+
+# scope_config FILE [LINES...]: a charter.yaml with the ephemeral settings of the benches.
+scope_config() {
+	local f=$1
+	shift
+	{
+		echo "# Generated by bench/run.sh."
+		echo "ephemeral:"
+		echo "  log_evictions: false"
+		echo "  max_ttl: 1h"
+		printf '  %s\n' "$@"
+	} >"$f"
+}
+
+# bench_scope_engine ENGINE: a fresh charter --threads 1 on that engine, $SCOPES scopes,
+# then the GET and PUT runs; sets GET_* and PUT_* (RPS, P50, P99).
+bench_scope_engine() {
+	local engine=$1 cfg=$TMP/scopes-$1.yaml extra=()
+	[ "$engine" != redis ] || extra=("redis_url: redis://127.0.0.1:$REDIS_PORT")
+	scope_config "$cfg" "engine: $engine" ${extra[@]+"${extra[@]}"}
+	start_charter "scopes-$engine" 1 "$cfg"
+	SCOPE_IDS=$TMP/scope-ids-$engine.txt
+	python3 "$BENCH/scopes.py" setup "$CH_PORT" "$CH_KEY" "$SCOPES" "$SCOPE_IDS" ||
+		die "creating $SCOPES scopes on the $engine engine failed"
+	bench_scope_http "scope-get-$engine" wrk_scope_get.lua
+	GET_RPS=$SC_RPS GET_P50=$SC_P50 GET_P99=$SC_P99
+	bench_scope_http "context-put-$engine" wrk_scope_put.lua
+	PUT_RPS=$SC_RPS PUT_P50=$SC_P50 PUT_P99=$SC_P99
+	stop_server "$CH_PID" "charter" "$CH_LOG"
+}
+
+bench_scopes_vs_redis() {
+	local rd_get rd_get_p rd_set rd_set_p mem_get mem_put ratio value
+	start_redis
+	bench_redis GET -t get
+	rd_get=$RB_RPS rd_get_p="$RB_P50 / $RB_P99"
+	value=$(printf 'v%.0s' $(seq 100))
+	bench_redis SETEX setex "key:__rand_int__" 3600 "$value"
+	rd_set=$RB_RPS rd_set_p="$RB_P50 / $RB_P99"
+
+	bench_scope_engine memory
+	mem_get=$GET_RPS mem_put=$PUT_RPS
+	ratio=$(calc "%.4f" "$GET_RPS / $rd_get")
+	row "scope GET req/s (memory, 1 thread)" "$(thousands "$GET_RPS")" "$(thousands "$rd_get")" \
+		"$(calc "%.2f" "$ratio")x" ">= 1.0x" "$(met "$ratio" ">=" 1)"
+	row "scope GET p50 / p99 ms (memory)" "$GET_P50 / $GET_P99" "$rd_get_p" "-" "-" ""
+	ratio=$(calc "%.4f" "$PUT_RPS / $rd_set")
+	row "context PUT req/s (memory, vs SETEX)" "$(thousands "$PUT_RPS")" "$(thousands "$rd_set")" \
+		"$(calc "%.2f" "$ratio")x" ">= 1.0x" "$(met "$ratio" ">=" 1)"
+	row "context PUT p50 / p99 ms (memory)" "$PUT_P50 / $PUT_P99" "$rd_set_p" "-" "-" ""
+
+	bench_scope_engine redis
+	row "scope GET req/s (redis engine)" "$(thousands "$GET_RPS")" "$(thousands "$rd_get")" \
+		"$(calc "%.2f" "$GET_RPS / $rd_get")x" "-" ""
+	row "scope GET p50 / p99 ms (redis engine)" "$GET_P50 / $GET_P99" "$rd_get_p" "-" "-" ""
+	row "context PUT req/s (redis engine)" "$(thousands "$PUT_RPS")" "$(thousands "$rd_set")" \
+		"$(calc "%.2f" "$PUT_RPS / $rd_set")x" "-" ""
+	row "context PUT p50 / p99 ms (redis engine)" "$PUT_P50 / $PUT_P99" "$rd_set_p" "-" "-" ""
+	row "  redis / memory engine, GET / PUT" \
+		"$(calc "%.2f" "$GET_RPS / $mem_get")x / $(calc "%.2f" "$PUT_RPS / $mem_put")x" \
+		"-" "-" "-" ""
+	stop_server "$REDIS_PID" "redis-server" "$TMP/redis/redis.log"
+}
+
+# --- 11. a million live scopes: RSS ----------------------------------------------------
+# vmrss PID: VmRSS in kB.
+vmrss() {
+	awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"
+}
+
+bench_scope_rss() {
+	local cfg=$TMP/scopes-rss.yaml out=$TMP/scope-load.out rss0 rss1 live bytes per target ok
+	scope_config "$cfg" "engine: memory"
+	start_charter scopes-rss 1 "$cfg"
+	rss0=$(vmrss "$CH_PID")
+	log "charter: creating $(thousands "$SCOPE_RSS_COUNT") scopes with a 100-byte context"
+	if ! run_child "$out" python3 "$BENCH/scopes.py" load "$CH_PORT" "$CH_KEY" "$SCOPE_RSS_COUNT"; then
+		cat "$out" >&2
+		die "loading $SCOPE_RSS_COUNT scopes failed"
+	fi
+	check_alive "$CH_PID" "charter" "$CH_LOG"
+	rss1=$(vmrss "$CH_PID")
+	live=$(metric "$CH_PORT" 'charter_scopes{flow="scoped"}')
+	bytes=$(metric "$CH_PORT" charter_scope_bytes)
+	if [ "${live:-}" != "$SCOPE_RSS_COUNT" ]; then
+		problem "RSS: charter_scopes{flow=\"scoped\"} is '${live:-}', not $SCOPE_RSS_COUNT"
+	fi
+	per=$(calc "%.0f" "($rss1 - $rss0) * 1024 / $SCOPE_RSS_COUNT")
+	# The target is for a million scopes; other counts (quick runs) only report.
+	target="-" ok=""
+	if [ "$SCOPE_RSS_COUNT" = 1000000 ]; then
+		target="<= 400 MB" ok=$(met "$(calc "%.1f" "$rss1 / 1024")" "<=" 400)
+	fi
+	row "RSS MB, $(thousands "$SCOPE_RSS_COUNT") scopes (100-byte ctx)" \
+		"$(calc "%.0f" "$rss1 / 1024")" "-" "-" "$target" "$ok"
+	row "  bytes per scope (RSS growth / scopes)" "$per" "-" "-" "-" ""
+	NOTES+=("scope RSS detail: $(cat "$out") vmrss_before_kb=$rss0 vmrss_after_kb=$rss1\
+ charter_scopes=$live charter_scope_bytes=$bytes")
+	stop_server "$CH_PID" "charter" "$CH_LOG"
+}
+
+# --- 12. scopes due in the same second: expiry lateness ---------------------------------
+bench_scope_expiry() {
+	local cfg=$TMP/scopes-expiry.yaml out=$TMP/scope-expiry.out
+	scope_config "$cfg" "engine: memory" "gc_interval: 60s"
+	start_charter scopes-expiry 1 "$cfg"
+	log "charter: $(thousands "$SCOPE_EXPIRY_COUNT") scopes due in the same second"
+	if ! run_child "$out" python3 "$BENCH/scopes.py" expiry "$CH_PORT" "$CH_KEY" \
+		"$SCOPE_EXPIRY_COUNT" "$TMP/scope-lateness.txt"; then
+		cat "$out" >&2
+		problem "expiry lateness: $(tail -n 1 "$out")"
+	fi
+	check_alive "$CH_PID" "charter" "$CH_LOG"
+	if grep -q '^scope_expiry ' "$out"; then
+		row "lateness p50/p99/max ms, $(thousands "$SCOPE_EXPIRY_COUNT") due in 1s" \
+			"$(field "$out" p50_ms) / $(field "$out" p99_ms) / $(field "$out" max_ms)" "-" "-" \
+			"p99 <= 10 ms" "$(met "$(field "$out" p99_ms)" "<=" 10)"
+		row "  server histogram p99 ms (estimate)" "$(field "$out" hist_p99_ms)" "-" "-" "-" ""
+		NOTES+=("scope expiry detail: $(grep '^scope_expiry ' "$out")")
+	fi
+	stop_server "$CH_PID" "charter" "$CH_LOG"
+}
+
+run_scopes() {
+	bench_scopes_vs_redis
+	[ "$SCOPE_RSS_COUNT" = 0 ] || bench_scope_rss
+	[ "$SCOPE_EXPIRY_COUNT" = 0 ] || bench_scope_expiry
+}
+
+run_core() {
+	local ratio ch_rps ng_rps ch_ck_rps ch_ck_p50 ch_ck_p99 allow
 	bench_baseline
 
 	start_charter a 2
@@ -686,6 +918,27 @@ main() {
 
 	# In process, with no server running.
 	bench_inproc
+}
+
+main() {
+	check_tools
+	mkdir -p "$ROOT/.bench"
+	TMP=$(mktemp -d "$ROOT/.bench/run.XXXXXX")
+	trap cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	log "temp dir $TMP"
+	# Everything here shares the cores with whatever else runs on the machine.
+	LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+	if awk -v l="${LOAD_BEFORE%% *}" 'BEGIN { exit !(l >= 0.5) }'; then
+		log "warning: load average is $LOAD_BEFORE before starting; other processes" \
+			"compete for the cores and the disk, numbers will be noisy"
+	fi
+
+	cpu_snapshot "$TMP/cpu.before"
+	START=$SECONDS
+	[ "$ONLY" = scopes ] || run_core
+	[ "$ONLY" = core ] || run_scopes
 
 	cpu_snapshot "$TMP/cpu.after"
 	FOREIGN_CPU=$(foreign_cpu "$TMP/cpu.before" "$TMP/cpu.after" $((SECONDS - START)))
