@@ -80,7 +80,8 @@ SCOPES=${BENCH_SCOPES:-10000}
 SCOPE_RSS_COUNT=${BENCH_SCOPE_RSS_COUNT:-1000000}
 SCOPE_EXPIRY_COUNT=${BENCH_SCOPE_EXPIRY_COUNT:-100000}
 SCOPE_CONNS=50   # wrk and redis-benchmark connections for the scope rows
-SCOPE_THREADS=2  # wrk threads and redis-benchmark --threads for the scope rows
+SCOPE_THREADS=1  # wrk threads and redis-benchmark --threads for the scope rows: one client
+                 # thread beside the one server thread, so each has a core of the two
 CASCADE_DESCENDANTS=10000   # mandates below the revoked root
 SESSIONS=64   # sessions appended to, round-robin (and threads in the baseline)
 CONNS=64      # wrk connections for the throughput runs

@@ -507,7 +507,9 @@ ch_status ch_scope_get_key(ch_db *db, const char *tenant, const char *id, const 
             return ch_err_set(e, CH_NOMEM, NULL, NULL);
         }
         size_t mark = out->len;
-        ch_buf_printf(out, "{\"key\":%s,\"value\":", kt);
+        LIT(out, "{\"key\":");
+        append_str(out, kt);
+        LIT(out, ",\"value\":");
         ch_status st = m->get_key(s->engine, s->id, &s->slot, kt, strlen(kt), append_text, out);
         free(kt);
         if (st == CH_OK) {
@@ -629,11 +631,13 @@ ch_status ch_scope_put_key(ch_db *db, const char *tenant, const char *id, const 
             s->bytes = (uint32_t)total;
             st = use(x, s, ch_now_ms(), e);
             if (st == CH_OK) {
-                char at[32];
-                ch_time_format(s->expires_at, at);
-                ch_buf_printf(out, "{\"key\":%s,\"value\":", kt);
+                LIT(out, "{\"key\":");
+                append_str(out, kt);
+                LIT(out, ",\"value\":");
                 ch_buf_append(out, vt, vlen);
-                ch_buf_printf(out, ",\"expires_at\":\"%s\"}", at);
+                LIT(out, ",\"expires_at\":");
+                append_time(out, s->expires_at);
+                LIT(out, "}");
             }
         } else if (st == CH_INVALID_VALUE) {
             ch_err_set(e, st, "value", "a context is at most %d bytes", MAX_CONTEXT);
