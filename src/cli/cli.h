@@ -122,6 +122,11 @@ int ch__flush_stdout(void);
 /* s made safe for one line of a terminal: control characters become spaces and the
  * text is cut to max characters (0: no limit), ending in "..." when cut. malloc'd. */
 char *ch__clip_text(const char *s, size_t max);
+/* Characters (code points) in UTF-8 text: the bytes that do not continue one. */
+size_t ch__text_width(const char *s);
+/* A JSON value as compact JSON text (strings keep their quotes: the type matters),
+ * clipped to max characters; "-" when v is NULL. */
+char *ch__json_text(const json_t *v, size_t max);
 /* ch__clip_text() of a JSON value: strings as they are, null and absent as "-",
  * anything else as compact JSON. malloc'd (free()). */
 char *ch__cell_text(const json_t *v, size_t max);

@@ -99,8 +99,7 @@ int ch__flush_stdout(void)
     return CH__EXIT_OK;
 }
 
-/* Characters (code points) in UTF-8 text: the bytes that do not continue one. */
-static size_t text_width(const char *s)
+size_t ch__text_width(const char *s)
 {
     size_t n = 0;
 
@@ -113,7 +112,7 @@ static size_t text_width(const char *s)
 
 char *ch__clip_text(const char *s, size_t max)
 {
-    size_t len = strlen(s), total = text_width(s), keep, chars = 0, o = 0;
+    size_t len = strlen(s), total = ch__text_width(s), keep, chars = 0, o = 0;
     bool cut = max > 0 && total > max;
     char *out = ch__xrealloc(NULL, len + 4);
 
@@ -161,9 +160,7 @@ char *ch__cell_text(const json_t *v, size_t max)
     return out;
 }
 
-/* A JSON value as JSON text (strings keep their quotes), clipped: for fact values,
- * whose type matters. */
-static char *json_text(const json_t *v, size_t max)
+char *ch__json_text(const json_t *v, size_t max)
 {
     char *dumped, *out;
 
@@ -201,9 +198,9 @@ void ch__table_print(const ch__table *t, FILE *f, const char *indent)
     size_t *width = ch__xrealloc(NULL, t->ncols * sizeof *width);
 
     for (size_t c = 0; c < t->ncols; c++) {
-        width[c] = text_width(t->headers[c]);
+        width[c] = ch__text_width(t->headers[c]);
         for (size_t r = 0; r < t->nrows; r++) {
-            size_t w = text_width(t->cells[r * t->ncols + c]);
+            size_t w = ch__text_width(t->cells[r * t->ncols + c]);
 
             if (w > width[c])
                 width[c] = w;
@@ -217,7 +214,7 @@ void ch__table_print(const ch__table *t, FILE *f, const char *indent)
         for (size_t c = 0; c < t->ncols; c++) {
             fputs(row[c], f);
             if (c + 1 < t->ncols)
-                fprintf(f, "%*s", (int)(width[c] - text_width(row[c]) + 2), "");
+                fprintf(f, "%*s", (int)(width[c] - ch__text_width(row[c]) + 2), "");
         }
         fputc('\n', f);
     }
@@ -293,7 +290,7 @@ static void print_field(const char *k, const json_t *v, size_t width)
     char *key = ch__clip_text(k, 0);
     char *text = value_text(v);
 
-    printf("%s:%*s %s\n", key, (int)(width - text_width(key)), "", text);
+    printf("%s:%*s %s\n", key, (int)(width - ch__text_width(key)), "", text);
     free(key);
     free(text);
 }
@@ -307,8 +304,8 @@ static void print_fields(const json_t *o, const char *const *order)
 
     json_object_foreach((json_t *)o, k, v)
     {
-        if (text_width(k) > width)
-            width = text_width(k);
+        if (ch__text_width(k) > width)
+            width = ch__text_width(k);
     }
     for (size_t i = 0; order[i] != NULL; i++) {
         v = json_object_get(o, order[i]);
@@ -464,7 +461,7 @@ static void print_facts_table(const json_t *facts, const char *indent)
     ch__table_init(&t, 2, headers);
     json_object_foreach((json_t *)facts, k, v)
     {
-        char *row[2] = {ch__clip_text(k, CONTENT_MAX), json_text(v, CONTENT_MAX)};
+        char *row[2] = {ch__clip_text(k, CONTENT_MAX), ch__json_text(v, CONTENT_MAX)};
 
         ch__table_add(&t, row);
     }
@@ -485,7 +482,7 @@ void ch__view_facts(const json_t *reply)
 void ch__view_fact(const json_t *reply)
 {
     char *key = ch__cell_text(json_object_get(reply, "key"), 0);
-    char *value = json_text(json_object_get(reply, "value"), 0);
+    char *value = ch__json_text(json_object_get(reply, "value"), 0);
     char *at = ch__cell_text(json_object_get(reply, "updated_at"), 0);
 
     printf("key:        %s\nvalue:      %s\nupdated_at: %s\n", key, value, at);

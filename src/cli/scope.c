@@ -335,22 +335,6 @@ static char *idle_text(const json_t *scope, int64_t now)
     return out;
 }
 
-/* A JSON value as JSON text (strings keep their quotes, the type matters), clipped. */
-static char *json_text(const json_t *v, size_t max)
-{
-    char *dumped, *out;
-
-    if (v == NULL)
-        return ch__xstrdup("-");
-    dumped = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY |
-                               JSON_REAL_PRECISION(ch__json_real_precision(v)));
-    if (dumped == NULL)
-        ch__oom();
-    out = ch__clip_text(dumped, max);
-    free(dumped);
-    return out;
-}
-
 /* A scope as a one-row table, then its context as KEY VALUE rows. */
 static void view_scope(const json_t *scope)
 {
@@ -382,7 +366,7 @@ static void view_scope(const json_t *scope)
     ch__table_init(&t, 2, ctx_headers);
     json_object_foreach((json_t *)ctx, k, v)
     {
-        char *pair[2] = {ch__clip_text(k, VALUE_MAX), json_text(v, VALUE_MAX)};
+        char *pair[2] = {ch__clip_text(k, VALUE_MAX), ch__json_text(v, VALUE_MAX)};
 
         ch__table_add(&t, pair);
     }
@@ -394,7 +378,7 @@ static void view_scope(const json_t *scope)
 static void view_key(const json_t *reply)
 {
     char *key = ch__cell_text(json_object_get(reply, "key"), 0);
-    char *value = json_text(json_object_get(reply, "value"), 0);
+    char *value = ch__json_text(json_object_get(reply, "value"), 0);
     const json_t *at = json_object_get(reply, "expires_at");
 
     printf("key:        %s\nvalue:      %s\n", key, value);
@@ -1045,18 +1029,6 @@ static char *bar_text(size_t n)
     return bar;
 }
 
-/* Characters (code points) of UTF-8 text, for alignment. */
-static size_t text_width(const char *s)
-{
-    size_t n = 0;
-
-    for (; *s; s++) {
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
-    }
-    return n;
-}
-
 /* The TTL-remaining histogram as one row per bucket: "≤30s  2  ████", the bars
  * proportional to the fullest bucket. */
 static void ttl_print(FILE *f, const hist *h)
@@ -1075,8 +1047,8 @@ static void ttl_print(FILE *f, const hist *h)
         }
         free(text);
         count[i] = count_text(bucket_count(h, i));
-        if (text_width(label[i]) > lw)
-            lw = text_width(label[i]);
+        if (ch__text_width(label[i]) > lw)
+            lw = ch__text_width(label[i]);
         if (strlen(count[i]) > cw)
             cw = strlen(count[i]);
         if (bucket_count(h, i) > max)
@@ -1089,7 +1061,7 @@ static void ttl_print(FILE *f, const hist *h)
 
         if (c > 0 && width == 0)
             width = 1;
-        fprintf(f, "%s%*s  %*s", label[i], (int)(lw - text_width(label[i])), "", (int)cw, count[i]);
+        fprintf(f, "%s%*s  %*s", label[i], (int)(lw - ch__text_width(label[i])), "", (int)cw, count[i]);
         if (width > 0) {
             text = bar_text(width);
             fprintf(f, "  %s", text);
