@@ -475,9 +475,24 @@ static const ch_scope_engine_methods *keyed(const ch__escope *s)
     return m->version >= 2 && m->put_key != NULL && m->get_key != NULL ? m : NULL;
 }
 
-/* key as JSON string text, quotes included (malloc'd). */
+/* key as JSON string text, quotes included (malloc'd). Keys are mostly plain
+ * printable ASCII, whose JSON text is the key in quotes; anything else is left to
+ * jansson's encoder. */
 static char *key_text(const char *key)
 {
+    size_t n = 0;
+    while (key[n] >= 0x20 && key[n] < 0x7f && key[n] != '"' && key[n] != '\\')
+        n++;
+    if (key[n] == '\0') {
+        char *t = malloc(n + 3);
+        if (t != NULL) {
+            t[0] = '"';
+            memcpy(t + 1, key, n);
+            t[n + 1] = '"';
+            t[n + 2] = '\0';
+        }
+        return t;
+    }
     json_t *k = json_string(key);
     char *t = k ? json_dumps(k, JSON_ENCODE_ANY) : NULL;
     json_decref(k);
