@@ -711,11 +711,11 @@ bench_redis() {
 # scopes in $TMP/scope-ids-$CH_NAME.txt; sets SC_RPS, SC_P50, SC_P99 (ms) and SC_CPU
 # (cpu-s of the HTTP thread).
 bench_scope_http() {
-	local name=$1 script=$2 out=$TMP/wrk-$1.out
+	local name=$1 mode=$2 out=$TMP/wrk-$1.out
 	log "charter: $name, -t$SCOPE_THREADS -c$SCOPE_CONNS, ${DURATION}s"
 	thread_cpu "$CH_PID" "$out.threads.before"
 	run_wrk "$out" -t"$SCOPE_THREADS" -c"$SCOPE_CONNS" -d"${DURATION}s" --timeout 10s \
-		-s "$BENCH/$script" "http://127.0.0.1:$CH_PORT" -- "$SCOPE_IDS" "$CH_KEY"
+		-s "$BENCH/wrk_scope.lua" "http://127.0.0.1:$CH_PORT" -- "$SCOPE_IDS" "$CH_KEY" "$mode"
 	thread_cpu "$CH_PID" "$out.threads.after"
 	check_alive "$CH_PID" "charter" "$CH_LOG"
 	if [ "$(field "$out" non2xx)" != 0 ] || [ "$(field "$out" socket_errors)" != 0 ]; then
@@ -756,9 +756,9 @@ bench_scope_engine() {
 	SCOPE_IDS=$TMP/scope-ids-$engine.txt
 	python3 "$BENCH/scopes.py" setup "$CH_PORT" "$CH_KEY" "$SCOPES" "$SCOPE_IDS" ||
 		die "creating $SCOPES scopes on the $engine engine failed"
-	bench_scope_http "scope-get-$engine" wrk_scope_get.lua
+	bench_scope_http "scope-get-$engine" get
 	GET_RPS=$SC_RPS GET_P50=$SC_P50 GET_P99=$SC_P99
-	bench_scope_http "context-put-$engine" wrk_scope_put.lua
+	bench_scope_http "context-put-$engine" put
 	PUT_RPS=$SC_RPS PUT_P50=$SC_P50 PUT_P99=$SC_P99
 	stop_server "$CH_PID" "charter" "$CH_LOG"
 }

@@ -99,8 +99,8 @@ void ch__scope_evict(ch__eph *x, ch__escope *s, ch__evict_reason reason);
 bool ch__scope_settle(ch__eph *x, ch__escope *s, int64_t now);
 /* The deadline of s moved earlier: moves its timer entry. */
 void ch__scope_rearm(ch__eph *x, ch__escope *s);
-/* Adds delta (may be negative) to the bytes held. */
-void ch__scope_bytes(ch__eph *x, ch__escope *s, int64_t delta);
+/* s's context is now len bytes: sets s->bytes and the total held. */
+void ch__scope_bytes(ch__eph *x, ch__escope *s, size_t len);
 /* A scope moved from one flow to another (upgrade). */
 void ch__scope_flow_moved(ch__eph *x, ch__flow from, ch__flow to);
 /* Counts a lock or unlock. */

@@ -253,8 +253,7 @@ static ch_status store_context(ch__eph *x, ch__escope *s, const json_t *ctx, ch_
     if (st != CH_OK)
         return ch_err_set(e, st, NULL, "the %s engine failed to store the context",
                           s->engine->methods->name);
-    ch__scope_bytes(x, s, (int64_t)len - (int64_t)s->bytes);
-    s->bytes = (uint32_t)len;
+    ch__scope_bytes(x, s, len);
     s->backstop = s->expires_at;
     return CH_OK;
 }
@@ -409,7 +408,7 @@ ch_status ch_scope_create(ch_db *db, const char *tenant, const json_t *body, ch_
     }
     if (ch__scope_insert(x, s, tenant, agent, e) != CH_OK) {
         s->engine->methods->del(s->engine, s->id, &s->slot);
-        ch__scope_bytes(x, s, -(int64_t)s->bytes);
+        ch__scope_bytes(x, s, 0);
         free(s);
         return e->status;
     }
@@ -552,7 +551,7 @@ ch_status ch_scope_get_key(ch_db *db, const char *tenant, const char *id, const 
 
 /* ---- context writes --------------------------------------------------------------- */
 
-/* Applies fn to s's context and stores the result (shard locked; unlocks). */
+/* Stores ctx (consumed) as s's context (shard locked; unlocked on failure). */
 static ch_status rewrite(ch__eph *x, ch__escope *s, json_t *ctx, ch_err *e)
 {
     ch_status st = store_context(x, s, ctx, e);
@@ -642,8 +641,7 @@ ch_status ch_scope_put_key(ch_db *db, const char *tenant, const char *id, const 
                                              MAX_CONTEXT, s->expires_at, &total)
                                 : CH_NOMEM;
         if (st == CH_OK) {
-            ch__scope_bytes(x, s, (int64_t)total - (int64_t)s->bytes);
-            s->bytes = (uint32_t)total;
+            ch__scope_bytes(x, s, total);
             st = use(x, s, ch_now_ms(), e);
             if (st == CH_OK) {
                 LIT(out, "{\"key\":");

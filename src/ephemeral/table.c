@@ -427,9 +427,10 @@ ch_status ch__scope_insert(ch__eph *x, ch__escope *s, const char *tenant, const 
     return CH_OK;
 }
 
-void ch__scope_bytes(ch__eph *x, ch__escope *s, int64_t delta)
+void ch__scope_bytes(ch__eph *x, ch__escope *s, size_t len)
 {
-    __atomic_fetch_add(&x->bytes, delta, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&x->bytes, (int64_t)len - (int64_t)s->bytes, __ATOMIC_RELAXED);
+    s->bytes = (uint32_t)len;
 }
 
 void ch__scope_flow_moved(ch__eph *x, ch__flow from, ch__flow to)

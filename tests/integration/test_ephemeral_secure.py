@@ -16,7 +16,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,9 +24,9 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from redis_util import PrivateRedis  # noqa: E402
 from harness import assert_error, assert_status  # noqa: E402
 
-REDIS_BIN = "/usr/bin/redis-server"
 PREFIX = "charter:eph:"
 TOKEN = os.urandom(16).hex()
 CANARY = "CANARY-" + TOKEN
@@ -35,127 +34,6 @@ NEEDLES = (CANARY.encode(), TOKEN.encode(), TOKEN.upper().encode())
 
 WORKDIR = None      # the servers' working directory: where a core file would be written
 _oldcwd = None
-
-
-# ---- a private Redis and a minimal RESP client -------------------------------------------
-class RedisError(Exception):
-    pass
-
-
-class Resp:
-    def __init__(self, port, timeout=10):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.f = self.sock.makefile("rb")
-
-    def close(self):
-        for x in (self.f, self.sock):
-            try:
-                x.close()
-            except OSError:
-                pass
-
-    def __call__(self, *args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        self.sock.sendall(b"".join(out))
-        return self._read()
-
-    def _read(self):
-        line = self.f.readline()
-        if not line.endswith(b"\r\n"):
-            raise RedisError("connection closed")
-        t, rest = line[:1], line[1:-2]
-        if t == b"+":
-            return rest.decode()
-        if t == b"-":
-            raise RedisError(rest.decode())
-        if t == b":":
-            return int(rest)
-        if t in (b"$", b"*"):
-            n = int(rest)
-            if n < 0:
-                return None
-            if t == b"*":
-                return [self._read() for _ in range(n)]
-            return self.f.read(n + 2)[:-2]
-        raise RedisError("unexpected reply %r" % line)
-
-
-class PrivateRedis:
-    def __init__(self):
-        if not os.path.exists(REDIS_BIN):
-            raise AssertionError("%s is missing: install the Debian package redis-server"
-                                 % REDIS_BIN)
-        self.dir = tempfile.mkdtemp(prefix="charter-it-redis-")
-        self.port = harness.free_port()
-        self.log = open(os.path.join(self.dir, "redis.log"), "ab")
-        self.proc = subprocess.Popen(
-            [REDIS_BIN, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1",
-             "--port", str(self.port), "--dir", self.dir, "--dbfilename", "dump.rdb",
-             "--daemonize", "no"],
-            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL, cwd=self.dir)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.cmd("PING") == "PONG":
-                    return
-            except (OSError, RedisError):
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("redis-server did not start on port %d" % self.port)
-            time.sleep(0.05)
-
-    @property
-    def url(self):
-        return "redis://127.0.0.1:%d" % self.port
-
-    def cmd(self, *args):
-        c = Resp(self.port)
-        try:
-            return c(*args)
-        finally:
-            c.close()
-
-    def everything(self):
-        """Every key with its value(s), as bytes: SCAN the whole key space."""
-        out = []
-        c = Resp(self.port)
-        try:
-            cursor = b"0"
-            while True:
-                cursor, keys = c("SCAN", cursor, "COUNT", "1000")
-                for k in keys:
-                    out.append(k)
-                    t = c("TYPE", k)
-                    if t == "string":
-                        out.append(c("GET", k) or b"")
-                    elif t == "hash":
-                        out.extend(c("HGETALL", k))
-                    elif t == "list":
-                        out.extend(c("LRANGE", k, 0, -1))
-                    elif t == "set":
-                        out.extend(c("SMEMBERS", k))
-                    elif t == "zset":
-                        out.extend(c("ZRANGE", k, 0, -1))
-                    else:
-                        out.append(c("DUMP", k) or b"")
-                if cursor == b"0":
-                    return out
-        finally:
-            c.close()
-
-    def cleanup(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 _redises = []
