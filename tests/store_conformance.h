@@ -1682,6 +1682,227 @@ static void conf_session_delete(void **state)
     conf_expect_fact(c, r, keep, "a", "3", 1);
 }
 
+/* ---- long histories: many commits, interleaved sessions ---------------------------
+ * A backend may keep recent appends apart from older events and move them later (the
+ * SQLite backend folds a tail log into its per-session table). These tests write
+ * enough for that to happen several times and check every event at every step. */
+
+typedef struct conf_walk {
+    int64_t sid, next, count;
+    int64_t first_bad; /* seq of the first wrong event, 0 if none */
+} conf_walk;
+
+static int conf_walk_cb(void *arg, const ch_event_rec *ev)
+{
+    conf_walk *w = arg;
+    char body[64];
+    conf_body(w->sid, ev->seq, body);
+    if (w->first_bad == 0 && (ev->seq != w->next || ev->at != 100000 + ev->seq ||
+                              ev->len != strlen(body) || memcmp(ev->body, body, ev->len) != 0))
+        w->first_bad = ev->seq > 0 ? ev->seq : -1;
+    w->next = ev->seq + 1;
+    w->count++;
+    return 0;
+}
+
+/* Lists sid's events after `after` (live log, or history when archived >= 0) and
+ * checks they are exactly after+1..last, each with its conf_body body and time. */
+static void conf_expect_run(ch_conformance *c, ch_store *st, int64_t sid, int64_t after,
+                            int limit, int64_t archived, int64_t last)
+{
+    conf_walk w = {.sid = sid, .next = after + 1};
+    conf_ok(c->m->event_list(st, sid, after, limit, archived, conf_walk_cb, &w));
+    int64_t want = last > after ? last - after : 0;
+    if (want > limit)
+        want = limit;
+    if (w.first_bad != 0 || w.count != want)
+        fail_msg("event_list(sid=%lld, after=%lld, limit=%d, archived=%lld): %lld events, "
+                 "expected %lld; first wrong seq %lld",
+                 (long long)sid, (long long)after, limit, (long long)archived,
+                 (long long)w.count, (long long)want, (long long)w.first_bad);
+}
+
+#define CONF_BIG 1000000
+
+/* 3 sessions, 60 commits of 20 interleaved events each per session (3,600 events):
+ * every read sees the whole history in order, at every step, from a reader opened
+ * before the writes and from one opened after; a duplicate of an old seq or of the
+ * newest is refused; archive, delete and a reopened writer keep it all straight. */
+static void conf_events_long_history(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    char body[64];
+    int64_t sid[3], last = 0, moved = -1;
+
+    conf_begin(c);
+    for (int i = 0; i < 3; i++)
+        sid[i] = conf_insert_simple(c, i + 1);
+    conf_commit(c);
+    ch_store *r = conf_reader(c, 0);
+
+    for (int commit = 0; commit < 60; commit++) {
+        conf_begin(c);
+        for (int k = 0; k < 20; k++) {
+            last++;
+            for (int i = 0; i < 3; i++)
+                conf_event(c, sid[i], last, conf_body(sid[i], last, body));
+        }
+        conf_commit(c);
+        if (commit % 7 == 0 || commit == 59) {
+            for (int i = 0; i < 3; i++)
+                conf_expect_run(c, r, sid[i], 0, CONF_BIG, -1, last);
+            conf_expect_run(c, r, sid[1], last / 2, 10, -1, last);
+            conf_expect_run(c, r, sid[2], last - 5, 100, -1, last);
+        }
+    }
+    ch_store *r2 = conf_reader(c, 1);
+    for (int i = 0; i < 3; i++)
+        conf_expect_run(c, r2, sid[i], 0, CONF_BIG, -1, last);
+
+    /* Duplicates, old and new, are refused and undone alone. */
+    conf_begin(c);
+    ch_event_rec dup = {.seq = 1, .at = 1, .body = "{}", .len = 2};
+    conf_ok(c->m->savepoint(c->w));
+    conf_status(c->m->event_insert(c->w, sid[0], &dup), CH_EXISTS);
+    conf_ok(c->m->release(c->w, false));
+    dup.seq = last;
+    conf_ok(c->m->savepoint(c->w));
+    conf_status(c->m->event_insert(c->w, sid[1], &dup), CH_EXISTS);
+    conf_ok(c->m->release(c->w, false));
+    conf_commit(c);
+
+    /* Archive most of session 0, while its newest events are fresh. */
+    conf_begin(c);
+    conf_events(c, sid[0], last + 1, last + 10);
+    conf_ok(c->m->event_archive(c->w, sid[0], 1000, 0, &moved));
+    assert_int_equal(moved, 1000);
+    conf_commit(c);
+    conf_expect_run(c, r, sid[0], 1000, CONF_BIG, -1, last + 10);
+    conf_expect_run(c, r, sid[0], 0, CONF_BIG, 1000, last + 10);
+    conf_expect_run(c, r, sid[0], 990, 30, 1000, last + 10);
+
+    /* Delete session 1: nothing of it is left anywhere; the others keep theirs. */
+    conf_begin(c);
+    conf_events(c, sid[1], last + 1, last + 3);
+    conf_ok(c->m->session_delete(c->w, sid[1]));
+    conf_commit(c);
+    conf_expect_events(c, r, sid[1], 0, 100, -1, NULL, 0);
+    conf_expect_events(c, r, sid[1], 0, 100, 0, NULL, 0);
+    conf_expect_run(c, r, sid[2], 0, CONF_BIG, -1, last);
+
+    /* A new writer (a restart) goes on where the last one stopped. */
+    conf_reopen_writer(c);
+    conf_begin(c);
+    conf_events(c, sid[2], last + 1, last + 1500);
+    conf_commit(c);
+    conf_begin(c);
+    conf_events(c, sid[2], last + 1501, last + 1510);
+    conf_commit(c);
+    conf_expect_run(c, r, sid[2], 0, CONF_BIG, -1, last + 1510);
+    conf_expect_run(c, r2, sid[0], 1000, CONF_BIG, -1, last + 10);
+}
+
+/* A transaction rolled back after a long history leaves that history as it was, and
+ * the next transaction works: even when the backend reorganized its storage inside
+ * the transaction that was undone. */
+static void conf_events_rollback_long(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    int64_t a, b, moved;
+
+    conf_begin(c);
+    a = conf_insert_simple(c, 1);
+    b = conf_insert_simple(c, 2);
+    conf_commit(c);
+    for (int64_t from = 1; from <= 2400; from += 600) {
+        conf_begin(c);
+        conf_events(c, a, from, from + 599);
+        conf_events(c, b, from, from + 599);
+        conf_commit(c);
+    }
+    ch_store *r = conf_reader(c, 0);
+
+    for (int round = 0; round < 3; round++) {
+        conf_begin(c);
+        conf_events(c, a, 2401, 2405);
+        if (round == 1)
+            conf_ok(c->m->event_archive(c->w, b, 2000, 0, &moved));
+        if (round == 2)
+            conf_ok(c->m->session_delete(c->w, b));
+        conf_ok(c->m->rollback(c->w));
+        conf_expect_run(c, r, a, 0, CONF_BIG, -1, 2400);
+        conf_expect_run(c, r, b, 0, CONF_BIG, -1, 2400);
+    }
+    conf_begin(c);
+    conf_events(c, a, 2401, 2405);
+    conf_commit(c);
+    conf_expect_run(c, r, a, 0, CONF_BIG, -1, 2405);
+    conf_expect_run(c, r, b, 0, CONF_BIG, -1, 2400);
+}
+
+/* Version 3: session_progress (optional) stores seq, usage and updated_at, and
+ * nothing else; a savepoint undoes it; an unknown sid is CH_NOT_FOUND. */
+static void conf_v3_session_progress(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    ch_session_rec s = {0}, out = {0};
+    char other_labels[] = "{\"x\":\"y\"}";
+
+    if (c->m->version < 3 || c->m->session_progress == NULL)
+        skip();
+    conf_begin(c);
+    conf_insert(c, "t1", 1, "alice", "mdt_a", CH_SESSION_ACTIVE, 10);
+    conf_insert(c, "t1", 2, "bob", "", CH_SESSION_ACTIVE, 20);
+    conf_commit(c);
+    ch_store *r = conf_reader(c, 0);
+
+    conf_get(c, r, "t1", 1, &s);
+    s.seq = 42;
+    s.usage_tokens = 1234;
+    s.usage_cost_usd = 0.5;
+    s.usage_tool_calls = 3;
+    s.updated_at = 99;
+    /* Fields session_progress must not store: */
+    ch_session_rec changed = s;
+    snprintf(changed.user, sizeof(changed.user), "mallory");
+    snprintf(changed.mandate, sizeof(changed.mandate), "mdt_b");
+    changed.state = CH_SESSION_CLOSED;
+    changed.summary_seq = 7;
+    changed.labels = other_labels;
+    changed.budget = NULL;
+    conf_begin(c);
+    conf_ok(c->m->session_progress(c->w, &changed));
+    conf_commit(c);
+    conf_get(c, r, "t1", 1, &out);
+    conf_expect_same(&out, &s);
+    ch_session_rec_clear(&out);
+
+    /* Undone by its savepoint. */
+    conf_begin(c);
+    conf_ok(c->m->savepoint(c->w));
+    s.seq = 50;
+    conf_ok(c->m->session_progress(c->w, &s));
+    conf_ok(c->m->release(c->w, false));
+    conf_commit(c);
+    s.seq = 42;
+    conf_get(c, r, "t1", 1, &out);
+    conf_expect_same(&out, &s);
+    ch_session_rec_clear(&out);
+
+    /* The other session is untouched; an unknown sid is CH_NOT_FOUND. */
+    conf_get(c, r, "t1", 2, &out);
+    assert_int_equal(out.seq, 0);
+    assert_int_equal(out.updated_at, 20);
+    ch_session_rec_clear(&out);
+    conf_begin(c);
+    int64_t real = s.sid;
+    s.sid = real + 1000000;
+    conf_status(c->m->session_progress(c->w, &s), CH_NOT_FOUND);
+    conf_commit(c);
+    s.sid = real;
+    ch_session_rec_clear(&s);
+}
+
 /* Facts: upsert, get, delete (CH_NOT_FOUND when missing), list in key order. */
 static void conf_facts(void **state)
 {
@@ -2358,6 +2579,8 @@ __attribute__((unused)) static int ch_store_conformance_run(const ch_store_metho
         CONF_TEST(conf_events_duplicate),
         CONF_TEST(conf_event_archive),
         CONF_TEST(conf_session_delete),
+        CONF_TEST(conf_events_long_history),
+        CONF_TEST(conf_events_rollback_long),
         CONF_TEST(conf_facts),
         CONF_TEST(conf_facts_large),
         /* version 2 */
@@ -2369,6 +2592,8 @@ __attribute__((unused)) static int ch_store_conformance_run(const ch_store_metho
         CONF_TEST(conf_audit),
         CONF_TEST(conf_v2_savepoint_undo),
         CONF_TEST(conf_v2_durable),
+        /* version 3 */
+        CONF_TEST(conf_v3_session_progress),
     };
     char group[64];
     snprintf(group, sizeof(group), "store_conformance(%s)", m->name ? m->name : "?");

@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define CH_STORE_VERSION 2
+#define CH_STORE_VERSION 3
 
 /* Session states. The names are the public `state` values. Add new states last. */
 #define CH_SESSION_STATE_MAP(XX)                                                           \
@@ -247,6 +247,14 @@ struct ch_store_methods {
     ch_status (*audit_append)(ch_store *st, const ch_audit_row *r);
     ch_status (*audit_list)(ch_store *st, const char *tenant, const char *lineage_prefix,
                             int64_t after, int limit, ch_audit_cb cb, void *arg);
+
+    /* ---- version 3 ---- */
+
+    /* Optional (NULL: libcharter calls session_update): stores what an append changed
+     * in session s, which is only seq, the usage totals and updated_at. Appends are
+     * the hot path, and a backend can then leave every other column and its indexes
+     * untouched. CH_NOT_FOUND when the session does not exist. */
+    ch_status (*session_progress)(ch_store *st, const ch_session_rec *s);
 };
 
 /* ---------------------------------------------------------------------------------

@@ -364,6 +364,9 @@ static ch_status append_exec(ch_db *db, ch_store *w, ch_req *req)
                         (long long)a->expect_seq, (long long)s.seq);
         goto out;
     }
+    /* An active session keeps its state: only seq, usage and updated_at change. */
+    bool progress_only = s.state == CH_SESSION_ACTIVE && w->methods->version >= 3 &&
+                         w->methods->session_progress != NULL;
     int64_t first = s.seq + 1;
     for (int i = 0; i < a->n; i++) {
         ch_event_rec ev = {.seq = first + i, .at = now, .body = a->bodies[i], .len = a->lens[i]};
@@ -380,7 +383,7 @@ static ch_status append_exec(ch_db *db, ch_store *w, ch_req *req)
     if (s.state == CH_SESSION_OPEN)
         s.state = CH_SESSION_ACTIVE;
     s.updated_at = now;
-    st = w->methods->session_update(w, &s);
+    st = progress_only ? w->methods->session_progress(w, &s) : w->methods->session_update(w, &s);
     if (st == CH_OK)
         st = ch__mandate_spend(db, w, s.tenant, s.mandate, a->tokens, a->cost_usd, a->tool_calls);
     if (st != CH_OK) {

@@ -13,6 +13,19 @@
  * SQLITE_PREPARE_PERSISTENT). Event bodies are stored as canonical JSON text, keyed
  * by (session rowid, seq) in WITHOUT ROWID tables so a session's events are contiguous
  * on disk and a range read is one b-tree walk.
+ *
+ * Appended events do not go there directly. A commit writes every page it dirtied to
+ * the WAL whole (then the fsync and the checkpoint write it again), and appends to
+ * many sessions would each dirty their own session's page of `events`: one 4 KiB page
+ * per appended event. So appends go to `events_tail`, a plain log in arrival order,
+ * where the events of one commit share a page or two. Once the tail holds FOLD_ROWS
+ * events, the writer folds it into `events` in (session, seq) order at the start of a
+ * batch, in that batch's transaction: each session's page is then written once per
+ * fold instead of once per event. A (session, seq) is in one of the two tables at
+ * most (the tail's unique index and a lookup in events refuse a duplicate), readers
+ * merge both in seq order in one statement (one snapshot), and whatever moves events
+ * out of `events` (compaction) folds the tail first. The tail stays small, so its
+ * index fits in a few pages that all the events of a commit share.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -62,8 +75,17 @@ static const char schema_sql[] =
     " tenant TEXT NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL, mandate TEXT NOT NULL,"
     " lineage TEXT NOT NULL, data TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS audit_by_lineage ON audit(tenant, lineage, id);"
-    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', '2');"
-    "UPDATE meta SET value = '2' WHERE key = 'schema_version';";
+    "CREATE TABLE IF NOT EXISTS events_tail(pos INTEGER PRIMARY KEY, sid INTEGER NOT NULL,"
+    " seq INTEGER NOT NULL, at INTEGER NOT NULL, body TEXT NOT NULL);"
+    "CREATE UNIQUE INDEX IF NOT EXISTS events_tail_by_session ON events_tail(sid, seq);"
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema_version', '3');"
+    "UPDATE meta SET value = '3' WHERE key = 'schema_version';";
+
+#define SCHEMA_VERSION 3
+
+/* Appended events wait in events_tail until it holds this many (see above). A reader
+ * scans at most this many rows besides its own session's. */
+#define FOLD_ROWS 1024
 
 #define SESSION_COLS                                                                      \
     "sid, id, tenant, user, agent, mandate, labels, budget, usage_tokens, usage_cost_usd, " \
@@ -86,8 +108,10 @@ enum stmt_id {
     S_SESSION_INSERT,
     S_SESSION_GET,
     S_SESSION_UPDATE,
+    S_SESSION_PROGRESS,
     S_SESSION_DELETE,
     S_SESSION_DELETE_EVENTS,
+    S_SESSION_DELETE_TAIL,
     S_SESSION_DELETE_ARCHIVE,
     S_SESSION_DELETE_FACTS,
     S_SESSION_LIST,
@@ -97,6 +121,9 @@ enum stmt_id {
     S_EVENT_LIST_ARCHIVED,
     S_EVENT_ARCHIVE_COPY,
     S_EVENT_ARCHIVE_DELETE,
+    S_TAIL_COUNT,
+    S_TAIL_FOLD,
+    S_TAIL_CLEAR,
     S_FACT_PUT,
     S_FACT_GET,
     S_FACT_DELETE,
@@ -136,8 +163,12 @@ static const char *const stmt_sql[S__COUNT] = {
                          " budget = ?8, usage_tokens = ?9, usage_cost_usd = ?10,"
                          " usage_tool_calls = ?11, state = ?12, seq = ?13, summary_seq = ?14,"
                          " updated_at = ?16 WHERE sid = ?1",
+    /* Sets no indexed column, so no index entry is rewritten. */
+    [S_SESSION_PROGRESS] = "UPDATE sessions SET usage_tokens = ?2, usage_cost_usd = ?3,"
+                           " usage_tool_calls = ?4, seq = ?5, updated_at = ?6 WHERE sid = ?1",
     [S_SESSION_DELETE] = "DELETE FROM sessions WHERE sid = ?1",
     [S_SESSION_DELETE_EVENTS] = "DELETE FROM events WHERE sid = ?1",
+    [S_SESSION_DELETE_TAIL] = "DELETE FROM events_tail WHERE sid = ?1",
     [S_SESSION_DELETE_ARCHIVE] = "DELETE FROM events_archive WHERE sid = ?1",
     [S_SESSION_DELETE_FACTS] = "DELETE FROM facts WHERE sid = ?1",
     [S_SESSION_LIST] = "SELECT " SESSION_COLS " FROM sessions WHERE tenant = ?1 AND id > ?2"
@@ -145,16 +176,27 @@ static const char *const stmt_sql[S__COUNT] = {
                        " AND (?5 IS NULL OR mandate = ?5) ORDER BY id LIMIT ?6",
     [S_SESSION_DUE] = "SELECT " SESSION_COLS " FROM sessions WHERE state = ?1 AND updated_at < ?2"
                       " ORDER BY updated_at LIMIT ?3",
-    [S_EVENT_INSERT] = "INSERT INTO events(sid, seq, at, body) VALUES(?1, ?2, ?3, ?4)",
+    /* A seq taken in the tail fails its unique index; one already folded, this check. */
+    [S_EVENT_INSERT] = "INSERT INTO events_tail(sid, seq, at, body) SELECT ?1, ?2, ?3, ?4"
+                       " WHERE NOT EXISTS (SELECT 1 FROM events WHERE sid = ?1 AND seq = ?2)",
+    /* Compound SELECTs with ORDER BY are merged arm by arm (each arm in seq order), so
+     * a read stops after limit rows however long the history is. */
     [S_EVENT_LIST] = "SELECT seq, at, body FROM events WHERE sid = ?1 AND seq > ?2"
-                     " ORDER BY seq LIMIT ?3",
+                     " UNION ALL SELECT seq, at, body FROM events_tail WHERE sid = ?1"
+                     " AND seq > ?2 ORDER BY seq LIMIT ?3",
     [S_EVENT_LIST_ARCHIVED] = "SELECT seq, at, body FROM events_archive WHERE sid = ?1 AND seq > ?2"
                               " UNION ALL SELECT seq, at, body FROM events WHERE sid = ?1"
-                              " AND seq > max(?2, ?4) ORDER BY seq LIMIT ?3",
+                              " AND seq > max(?2, ?4) UNION ALL SELECT seq, at, body"
+                              " FROM events_tail WHERE sid = ?1 AND seq > max(?2, ?4)"
+                              " ORDER BY seq LIMIT ?3",
     [S_EVENT_ARCHIVE_COPY] = "INSERT INTO events_archive(sid, seq, at, body)"
                              " SELECT sid, seq, at, body FROM events"
                              " WHERE sid = ?1 AND seq <= ?2 AND seq <> ?3",
     [S_EVENT_ARCHIVE_DELETE] = "DELETE FROM events WHERE sid = ?1 AND seq <= ?2",
+    [S_TAIL_COUNT] = "SELECT count(*) FROM events_tail",
+    [S_TAIL_FOLD] = "INSERT INTO events(sid, seq, at, body)"
+                    " SELECT sid, seq, at, body FROM events_tail ORDER BY sid, seq",
+    [S_TAIL_CLEAR] = "DELETE FROM events_tail",
     [S_FACT_PUT] = "INSERT INTO facts(sid, key, value, updated_at) VALUES(?1, ?2, ?3, ?4)"
                    " ON CONFLICT(sid, key) DO UPDATE SET value = excluded.value,"
                    " updated_at = excluded.updated_at",
@@ -217,6 +259,7 @@ typedef struct sqlite_store {
     char wal_path[2100];
     int wal_fd;         /* writer: the WAL file, for sync(); -1 until opened */
     ino_t wal_ino;
+    int64_t tail_rows;  /* writer: rows in events_tail; -1 after a rollback (recounted) */
 } sqlite_store;
 
 #define CHECKPOINT_PAGES 8192  /* wake the checkpointer once the WAL holds this many */
@@ -431,6 +474,25 @@ static int sync_dir(const char *dir)
     return rc;
 }
 
+/* A database a newer charter wrote may hold data this one cannot see (events_tail came
+ * with version 3): refuse it rather than serve part of it. */
+static ch_status schema_check(sqlite_store *s, const char *path, ch_err *e)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT value FROM meta WHERE key = 'schema_version'", -1, &st,
+                           NULL) != SQLITE_OK)
+        return CH_OK; /* a new database: there is no meta table yet */
+    int version = 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        version = atoi((const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    if (version > SCHEMA_VERSION)
+        return ch_err_set(e, CH_IO, NULL,
+                          "%s has schema version %d; this charter knows up to %d: upgrade charter",
+                          path, version, SCHEMA_VERSION);
+    return CH_OK;
+}
+
 static ch_status s_open(const char *data_dir, bool writer, ch_store **out, ch_err *e)
 {
     char path[2048];
@@ -440,6 +502,7 @@ static ch_status s_open(const char *data_dir, bool writer, ch_store **out, ch_er
         return ch_err_set(e, CH_NOMEM, NULL, NULL);
     s->base.methods = &ch__sqlite_methods;
     s->wal_fd = -1;
+    s->tail_rows = -1;
     if (writer && mkdir(data_dir, 0700) != 0 && errno != EEXIST) {
         ch_err_set(e, CH_IO, NULL, "cannot create data dir %s: %s", data_dir, strerror(errno));
         goto fail;
@@ -459,7 +522,7 @@ static ch_status s_open(const char *data_dir, bool writer, ch_store **out, ch_er
                     e) != CH_OK)
         goto fail;
     if (writer && exec_script(s, "BEGIN IMMEDIATE;", e) == CH_OK) {
-        if (exec_script(s, schema_sql, e) != CH_OK) {
+        if (schema_check(s, path, e) != CH_OK || exec_script(s, schema_sql, e) != CH_OK) {
             exec_script(s, "ROLLBACK;", NULL);
             goto fail;
         }
@@ -488,9 +551,40 @@ fail:
     return e ? e->status : CH_IO;
 }
 
+/* Moves every tail event into events, inside the open transaction. */
+static ch_status tail_fold(sqlite_store *s)
+{
+    ch_status rc = simple(&s->base, S_TAIL_FOLD);
+    if (rc == CH_OK)
+        rc = simple(&s->base, S_TAIL_CLEAR);
+    if (rc == CH_OK)
+        s->tail_rows = 0;
+    return rc;
+}
+
+static ch_status tail_count(sqlite_store *s)
+{
+    sqlite3_stmt *st = stmt(s, S_TAIL_COUNT);
+    if (st == NULL)
+        return CH_IO;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        s->tail_rows = sqlite3_column_int64(st, 0);
+    done(st);
+    return rc == SQLITE_ROW ? CH_OK : io_error(s, "tail count");
+}
+
 static ch_status s_begin(ch_store *b)
 {
-    return simple(b, S_BEGIN);
+    sqlite_store *s = (sqlite_store *)b;
+    ch_status rc = simple(b, S_BEGIN);
+    if (rc == CH_OK && s->tail_rows < 0)
+        rc = tail_count(s);
+    if (rc == CH_OK && s->tail_rows >= FOLD_ROWS)
+        rc = tail_fold(s);
+    if (rc != CH_OK && !sqlite3_get_autocommit(s->db))
+        simple(b, S_ROLLBACK);
+    return rc;
 }
 static ch_status s_commit(ch_store *b)
 {
@@ -498,6 +592,7 @@ static ch_status s_commit(ch_store *b)
 }
 static ch_status s_rollback(ch_store *b)
 {
+    ((sqlite_store *)b)->tail_rows = -1;
     return simple(b, S_ROLLBACK);
 }
 static ch_status s_savepoint(ch_store *b)
@@ -507,6 +602,7 @@ static ch_status s_savepoint(ch_store *b)
 static ch_status s_release(ch_store *b, bool keep)
 {
     if (!keep) {
+        ((sqlite_store *)b)->tail_rows = -1;
         ch_status st = simple(b, S_ROLLBACK_TO);
         if (st != CH_OK)
             return st;
@@ -686,11 +782,30 @@ static ch_status s_session_update(ch_store *b, const ch_session_rec *r)
     return rc;
 }
 
+static ch_status s_session_progress(ch_store *b, const ch_session_rec *r)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    sqlite3_stmt *st = stmt(s, S_SESSION_PROGRESS);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, r->sid);
+    sqlite3_bind_int64(st, 2, r->usage_tokens);
+    sqlite3_bind_double(st, 3, r->usage_cost_usd);
+    sqlite3_bind_int64(st, 4, r->usage_tool_calls);
+    sqlite3_bind_int64(st, 5, r->seq);
+    sqlite3_bind_int64(st, 6, r->updated_at);
+    ch_status rc = exec_stmt(s, st);
+    if (rc == CH_OK && sqlite3_changes(s->db) == 0)
+        rc = CH_NOT_FOUND;
+    return rc;
+}
+
 static ch_status s_session_delete(ch_store *b, int64_t sid)
 {
     sqlite_store *s = (sqlite_store *)b;
-    static const enum stmt_id steps[] = {S_SESSION_DELETE_EVENTS, S_SESSION_DELETE_ARCHIVE,
-                                         S_SESSION_DELETE_FACTS, S_SESSION_DELETE};
+    static const enum stmt_id steps[] = {S_SESSION_DELETE_EVENTS, S_SESSION_DELETE_TAIL,
+                                         S_SESSION_DELETE_ARCHIVE, S_SESSION_DELETE_FACTS,
+                                         S_SESSION_DELETE};
     for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
         sqlite3_stmt *st = stmt(s, steps[i]);
         if (st == NULL)
@@ -764,7 +879,12 @@ static ch_status s_event_insert(ch_store *b, int64_t sid, const ch_event_rec *ev
     sqlite3_bind_int64(st, 2, ev->seq);
     sqlite3_bind_int64(st, 3, ev->at);
     sqlite3_bind_text(st, 4, ev->body, (int)ev->len, SQLITE_STATIC);
-    return exec_stmt(s, st);
+    ch_status rc = exec_stmt(s, st);
+    if (rc == CH_OK && sqlite3_changes(s->db) == 0)
+        rc = CH_EXISTS;
+    if (rc == CH_OK && s->tail_rows >= 0)
+        s->tail_rows++;
+    return rc;
 }
 
 static ch_status s_event_list(ch_store *b, int64_t sid, int64_t after, int limit,
@@ -801,13 +921,17 @@ static ch_status s_event_archive(ch_store *b, int64_t sid, int64_t through, int6
                                  int64_t *moved)
 {
     sqlite_store *s = (sqlite_store *)b;
+    /* The events to archive must all be in events, and stay before the tail's. */
+    ch_status rc = tail_fold(s);
+    if (rc != CH_OK)
+        return rc;
     sqlite3_stmt *st = stmt(s, S_EVENT_ARCHIVE_COPY);
     if (st == NULL)
         return CH_IO;
     sqlite3_bind_int64(st, 1, sid);
     sqlite3_bind_int64(st, 2, through);
     sqlite3_bind_int64(st, 3, drop_seq);
-    ch_status rc = exec_stmt(s, st);
+    rc = exec_stmt(s, st);
     if (rc != CH_OK)
         return rc;
     *moved = sqlite3_changes(s->db);
@@ -1104,7 +1228,7 @@ static ch_status s_audit_list(ch_store *b, const char *tenant, const char *linea
 }
 
 const ch_store_methods ch__sqlite_methods = {
-    .version = 2,
+    .version = 3,
     .name = "sqlite",
     .open = s_open,
     .close = s_close,
@@ -1143,4 +1267,5 @@ const ch_store_methods ch__sqlite_methods = {
     .stream_trim = s_stream_trim,
     .audit_append = s_audit_append,
     .audit_list = s_audit_list,
+    .session_progress = s_session_progress,
 };
