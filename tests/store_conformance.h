@@ -1903,6 +1903,81 @@ static void conf_v3_session_progress(void **state)
     ch_session_rec_clear(&s);
 }
 
+/* Appends n events first.. to sid through event_append, with conf_body bodies. */
+static ch_status conf_append(ch_conformance *c, int64_t sid, int64_t first, int n)
+{
+    ch_event_rec *evs = calloc((size_t)n, sizeof(*evs));
+    char (*bodies)[64] = calloc((size_t)n, sizeof(*bodies));
+    assert_non_null(evs);
+    assert_non_null(bodies);
+    for (int i = 0; i < n; i++) {
+        evs[i].seq = first + i;
+        evs[i].at = 100000 + first + i;
+        evs[i].body = conf_body(sid, first + i, bodies[i]);
+        evs[i].len = strlen(bodies[i]);
+    }
+    ch_status rc = c->m->event_append(c->w, sid, evs, n);
+    free(evs);
+    free(bodies);
+    return rc;
+}
+
+/* Version 3: event_append (optional) stores a run of events like event_insert each
+ * would, whatever its size, and refuses (undone by the savepoint) a run that repeats
+ * any seq, whether that seq came in a small append, a large one, or long ago. */
+static void conf_v3_event_append(void **state)
+{
+    ch_conformance *c = conf_ctx(state);
+    int64_t last = 0;
+
+    if (c->m->version < 3 || c->m->event_append == NULL)
+        skip();
+    conf_begin(c);
+    int64_t a = conf_insert_simple(c, 1);
+    int64_t b = conf_insert_simple(c, 2);
+    conf_commit(c);
+    ch_store *r = conf_reader(c, 0);
+
+    /* Small and large runs, interleaved over two sessions, over many commits. */
+    static const int sizes[] = {1, 3, 150, 1, 1, 400, 2, 1000, 1, 5};
+    for (int round = 0; round < 4; round++) {
+        for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+            conf_begin(c);
+            conf_ok(conf_append(c, a, last + 1, sizes[k]));
+            conf_ok(conf_append(c, b, last + 1, sizes[k]));
+            conf_commit(c);
+            last += sizes[k];
+        }
+        conf_expect_run(c, r, a, 0, CONF_BIG, -1, last);
+        conf_expect_run(c, r, b, last - 700, 300, -1, last);
+    }
+
+    /* Repeats are refused, whatever the size of either append. */
+    const struct {
+        int64_t back; /* first seq, counted back from last */
+        int n;
+    } dups[] = {{0, 1}, {0, 200}, {2, 3}, {1500, 1}, {1500, 300}, {last - 1, 150}, {9, 1000}};
+    for (size_t k = 0; k < sizeof(dups) / sizeof(dups[0]); k++) {
+        conf_begin(c);
+        conf_ok(c->m->savepoint(c->w));
+        conf_status(conf_append(c, a, last - dups[k].back, dups[k].n), CH_EXISTS);
+        conf_ok(c->m->release(c->w, false));
+        conf_commit(c);
+    }
+    conf_expect_run(c, r, a, 0, CONF_BIG, -1, last);
+
+    /* Archive and delete see both kinds of append. */
+    int64_t moved = -1;
+    conf_begin(c);
+    conf_ok(c->m->event_archive(c->w, a, last - 10, 0, &moved));
+    assert_int_equal(moved, last - 10);
+    conf_ok(c->m->session_delete(c->w, b));
+    conf_commit(c);
+    conf_expect_run(c, r, a, last - 10, CONF_BIG, -1, last);
+    conf_expect_run(c, r, a, 0, CONF_BIG, last - 10, last);
+    conf_expect_events(c, r, b, 0, 100, -1, NULL, 0);
+}
+
 /* Facts: upsert, get, delete (CH_NOT_FOUND when missing), list in key order. */
 static void conf_facts(void **state)
 {
@@ -2594,6 +2669,7 @@ __attribute__((unused)) static int ch_store_conformance_run(const ch_store_metho
         CONF_TEST(conf_v2_durable),
         /* version 3 */
         CONF_TEST(conf_v3_session_progress),
+        CONF_TEST(conf_v3_event_append),
     };
     char group[64];
     snprintf(group, sizeof(group), "store_conformance(%s)", m->name ? m->name : "?");

@@ -255,6 +255,11 @@ struct ch_store_methods {
      * the hot path, and a backend can then leave every other column and its indexes
      * untouched. CH_NOT_FOUND when the session does not exist. */
     ch_status (*session_progress)(ch_store *st, const ch_session_rec *s);
+    /* Optional (NULL: libcharter calls event_insert for each): inserts the n events of
+     * one append to sid, whose seqs follow each other, as event_insert would each
+     * (CH_EXISTS for a seq sid already has). A backend sees the whole append at once,
+     * so it can lay out a large one differently from a single event. */
+    ch_status (*event_append)(ch_store *st, int64_t sid, const ch_event_rec *evs, int n);
 };
 
 /* ---------------------------------------------------------------------------------

@@ -368,13 +368,26 @@ static ch_status append_exec(ch_db *db, ch_store *w, ch_req *req)
     bool progress_only = s.state == CH_SESSION_ACTIVE && w->methods->version >= 3 &&
                          w->methods->session_progress != NULL;
     int64_t first = s.seq + 1;
-    for (int i = 0; i < a->n; i++) {
-        ch_event_rec ev = {.seq = first + i, .at = now, .body = a->bodies[i], .len = a->lens[i]};
-        st = w->methods->event_insert(w, s.sid, &ev);
-        if (st != CH_OK) {
-            ch_err_set(&req->err, st, NULL, "cannot store the event");
-            goto out;
-        }
+    ch_event_rec one, *evs = a->n == 1 ? &one : calloc((size_t)a->n, sizeof(*evs));
+    if (evs == NULL) {
+        st = ch_err_set(&req->err, CH_NOMEM, NULL, NULL);
+        goto out;
+    }
+    for (int i = 0; i < a->n; i++)
+        evs[i] = (ch_event_rec){
+            .seq = first + i, .at = now, .body = a->bodies[i], .len = a->lens[i]};
+    if (w->methods->version >= 3 && w->methods->event_append != NULL) {
+        st = w->methods->event_append(w, s.sid, evs, a->n);
+    } else {
+        st = CH_OK;
+        for (int i = 0; i < a->n && st == CH_OK; i++)
+            st = w->methods->event_insert(w, s.sid, &evs[i]);
+    }
+    if (evs != &one)
+        free(evs);
+    if (st != CH_OK) {
+        ch_err_set(&req->err, st, NULL, "cannot store the event");
+        goto out;
     }
     s.seq = first + a->n - 1;
     s.usage_tokens += a->tokens;

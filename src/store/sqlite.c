@@ -21,11 +21,14 @@
  * where the events of one commit share a page or two. Once the tail holds FOLD_ROWS
  * events, the writer folds it into `events` in (session, seq) order at the start of a
  * batch, in that batch's transaction: each session's page is then written once per
- * fold instead of once per event. A (session, seq) is in one of the two tables at
- * most (the tail's unique index and a lookup in events refuse a duplicate), readers
- * merge both in seq order in one statement (one snapshot), and whatever moves events
- * out of `events` (compaction) folds the tail first. The tail stays small, so its
- * index fits in a few pages that all the events of a commit share.
+ * fold instead of once per event. An append of at least a page of events has pages of
+ * its own anyway: it goes straight to `events` (event_append).
+ *
+ * A (session, seq) is in one of the two tables at most (the tail's unique index and
+ * a lookup in events refuse a duplicate), readers merge both in seq order in one
+ * statement (one snapshot), and whatever moves events out of `events` (compaction)
+ * folds the tail first. The tail stays small, so its index fits in a few pages that
+ * all the events of a commit share.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -116,7 +119,10 @@ enum stmt_id {
     S_SESSION_DELETE_FACTS,
     S_SESSION_LIST,
     S_SESSION_DUE,
+    S_EVENT_FOLDED,
     S_EVENT_INSERT,
+    S_EVENT_IN_TAIL,
+    S_EVENT_INSERT_FOLDED,
     S_EVENT_LIST,
     S_EVENT_LIST_ARCHIVED,
     S_EVENT_ARCHIVE_COPY,
@@ -176,9 +182,13 @@ static const char *const stmt_sql[S__COUNT] = {
                        " AND (?5 IS NULL OR mandate = ?5) ORDER BY id LIMIT ?6",
     [S_SESSION_DUE] = "SELECT " SESSION_COLS " FROM sessions WHERE state = ?1 AND updated_at < ?2"
                       " ORDER BY updated_at LIMIT ?3",
-    /* A seq taken in the tail fails its unique index; one already folded, this check. */
-    [S_EVENT_INSERT] = "INSERT INTO events_tail(sid, seq, at, body) SELECT ?1, ?2, ?3, ?4"
-                       " WHERE NOT EXISTS (SELECT 1 FROM events WHERE sid = ?1 AND seq = ?2)",
+    /* A seq taken in the tail fails its unique index; one already folded, S_EVENT_FOLDED.
+     * (Not one INSERT ... SELECT: that form makes SQLite copy every page the statement
+     * changes into a statement journal first, and the tail's last page is shared.) */
+    [S_EVENT_FOLDED] = "SELECT 1 FROM events WHERE sid = ?1 AND seq = ?2",
+    [S_EVENT_INSERT] = "INSERT INTO events_tail(sid, seq, at, body) VALUES(?1, ?2, ?3, ?4)",
+    [S_EVENT_IN_TAIL] = "SELECT 1 FROM events_tail WHERE sid = ?1 AND seq BETWEEN ?2 AND ?3",
+    [S_EVENT_INSERT_FOLDED] = "INSERT INTO events(sid, seq, at, body) VALUES(?1, ?2, ?3, ?4)",
     /* Compound SELECTs with ORDER BY are merged arm by arm (each arm in seq order), so
      * a read stops after limit rows however long the history is. */
     [S_EVENT_LIST] = "SELECT seq, at, body FROM events WHERE sid = ?1 AND seq > ?2"
@@ -532,10 +542,14 @@ static ch_status s_open(const char *data_dir, bool writer, ch_store **out, ch_er
         goto fail;
     }
     snprintf(s->wal_path, sizeof(s->wal_path), "%s-wal", path);
-    /* journal_size_limit: after the WAL is rewound, it is truncated back to 64 MiB. */
+    /* journal_size_limit: after the WAL is rewound, it is truncated back to 64 MiB.
+     * temp_store=MEMORY: each request runs in a savepoint, and a page that an earlier
+     * request of the batch changed (the tail's last page, a session's row) is copied
+     * to the statement journal before the request changes it again; in memory that is
+     * a memcpy instead of a write to a temp file. */
     if (writer && (exec_script(s,
                                "PRAGMA wal_autocheckpoint=0; PRAGMA synchronous=OFF;"
-                               " PRAGMA journal_size_limit=67108864;",
+                               " PRAGMA journal_size_limit=67108864; PRAGMA temp_store=MEMORY;",
                                e) != CH_OK ||
                    checkpointer_start(s, path, e) != CH_OK))
         goto fail;
@@ -872,7 +886,18 @@ static ch_status s_session_due(ch_store *b, ch_session_state state, int64_t befo
 static ch_status s_event_insert(ch_store *b, int64_t sid, const ch_event_rec *ev)
 {
     sqlite_store *s = (sqlite_store *)b;
-    sqlite3_stmt *st = stmt(s, S_EVENT_INSERT);
+    sqlite3_stmt *st = stmt(s, S_EVENT_FOLDED);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, sid);
+    sqlite3_bind_int64(st, 2, ev->seq);
+    int step = sqlite3_step(st);
+    done(st);
+    if (step == SQLITE_ROW)
+        return CH_EXISTS;
+    if (step != SQLITE_DONE)
+        return io_error(s, "event_insert");
+    st = stmt(s, S_EVENT_INSERT);
     if (st == NULL)
         return CH_IO;
     sqlite3_bind_int64(st, 1, sid);
@@ -880,11 +905,54 @@ static ch_status s_event_insert(ch_store *b, int64_t sid, const ch_event_rec *ev
     sqlite3_bind_int64(st, 3, ev->at);
     sqlite3_bind_text(st, 4, ev->body, (int)ev->len, SQLITE_STATIC);
     ch_status rc = exec_stmt(s, st);
-    if (rc == CH_OK && sqlite3_changes(s->db) == 0)
-        rc = CH_EXISTS;
     if (rc == CH_OK && s->tail_rows >= 0)
         s->tail_rows++;
     return rc;
+}
+
+/* An append that fills a page or more dirties pages of its own wherever it goes: it is
+ * written to events directly rather than twice (tail, then fold). */
+#define DIRECT_BYTES 4096
+
+static ch_status s_event_append(ch_store *b, int64_t sid, const ch_event_rec *evs, int n)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++)
+        bytes += evs[i].len;
+    if (bytes < DIRECT_BYTES) {
+        for (int i = 0; i < n; i++) {
+            ch_status rc = s_event_insert(b, sid, &evs[i]);
+            if (rc != CH_OK)
+                return rc;
+        }
+        return CH_OK;
+    }
+    /* events' primary key refuses a seq already folded; this, one still in the tail. */
+    sqlite3_stmt *st = stmt(s, S_EVENT_IN_TAIL);
+    if (st == NULL)
+        return CH_IO;
+    sqlite3_bind_int64(st, 1, sid);
+    sqlite3_bind_int64(st, 2, evs[0].seq);
+    sqlite3_bind_int64(st, 3, evs[n - 1].seq);
+    int step = sqlite3_step(st);
+    done(st);
+    if (step == SQLITE_ROW)
+        return CH_EXISTS;
+    if (step != SQLITE_DONE)
+        return io_error(s, "event_append");
+    for (int i = 0; i < n; i++) {
+        if ((st = stmt(s, S_EVENT_INSERT_FOLDED)) == NULL)
+            return CH_IO;
+        sqlite3_bind_int64(st, 1, sid);
+        sqlite3_bind_int64(st, 2, evs[i].seq);
+        sqlite3_bind_int64(st, 3, evs[i].at);
+        sqlite3_bind_text(st, 4, evs[i].body, (int)evs[i].len, SQLITE_STATIC);
+        ch_status rc = exec_stmt(s, st);
+        if (rc != CH_OK)
+            return rc;
+    }
+    return CH_OK;
 }
 
 static ch_status s_event_list(ch_store *b, int64_t sid, int64_t after, int limit,
@@ -1268,4 +1336,5 @@ const ch_store_methods ch__sqlite_methods = {
     .audit_append = s_audit_append,
     .audit_list = s_audit_list,
     .session_progress = s_session_progress,
+    .event_append = s_event_append,
 };
