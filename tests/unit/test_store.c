@@ -76,15 +76,27 @@ static void test_register_new(void **state)
 
 /* ---- SQLite backend specifics --------------------------------------------------- */
 
+/* Writes version into dir's charter.db as its schema version. */
+static void set_schema_version(const char *dir, const char *version)
+{
+    char path[UNIT_PATH_MAX + 32], sql[128];
+    sqlite3 *db;
+    snprintf(path, sizeof(path), "%s/charter.db", dir);
+    snprintf(sql, sizeof(sql), "UPDATE meta SET value = '%s' WHERE key = 'schema_version'",
+             version);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
 /* A data dir whose schema is newer than this build knows is refused by name, before
  * anything in it is touched; one at the current version opens again. */
 static void test_sqlite_newer_schema(void **state)
 {
     (void)state;
-    char dir[UNIT_PATH_MAX], path[UNIT_PATH_MAX + 32];
+    char dir[UNIT_PATH_MAX];
     ch_store *w = NULL;
     ch_err e;
-    sqlite3 *db;
 
     unit_mkdtemp(dir);
     ch_err_clear(&e);
@@ -92,22 +104,13 @@ static void test_sqlite_newer_schema(void **state)
     ch__sqlite_methods.close(w);
     w = NULL;
 
-    snprintf(path, sizeof(path), "%s/charter.db", dir);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
+    set_schema_version(dir, "99");
     ch_err_clear(&e);
     assert_int_equal(ch__sqlite_methods.open(dir, true, &w, &e), CH_IO);
     assert_null(w);
     assert_non_null(strstr(e.message, "schema version 99"));
 
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
+    set_schema_version(dir, "3");
     ch_err_clear(&e);
     assert_int_equal(ch__sqlite_methods.open(dir, true, &w, &e), CH_OK);
     ch__sqlite_methods.close(w);
