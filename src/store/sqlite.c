@@ -185,7 +185,7 @@ static const char *const stmt_sql[S__COUNT] = {
     /* A seq taken in the tail fails its unique index; one already folded, S_EVENT_FOLDED.
      * (Not one INSERT ... SELECT: that form makes SQLite copy every page the statement
      * changes into a statement journal first, and the tail's last page is shared.) */
-    [S_EVENT_FOLDED] = "SELECT 1 FROM events WHERE sid = ?1 AND seq = ?2",
+    [S_EVENT_FOLDED] = "SELECT 1 FROM events WHERE sid = ?1 AND seq BETWEEN ?2 AND ?3",
     [S_EVENT_INSERT] = "INSERT INTO events_tail(sid, seq, at, body) VALUES(?1, ?2, ?3, ?4)",
     [S_EVENT_IN_TAIL] = "SELECT 1 FROM events_tail WHERE sid = ?1 AND seq BETWEEN ?2 AND ?3",
     [S_EVENT_INSERT_FOLDED] = "INSERT INTO events(sid, seq, at, body) VALUES(?1, ?2, ?3, ?4)",
@@ -883,28 +883,43 @@ static ch_status s_session_due(ch_store *b, ch_session_state state, int64_t befo
     return each_session(s, st, cb, arg);
 }
 
-static ch_status s_event_insert(ch_store *b, int64_t sid, const ch_event_rec *ev)
+/* CH_EXISTS when the table statement id looks in has an event of sid with a seq in
+ * [from, to]; CH_OK when it has none. */
+static ch_status seq_taken(sqlite_store *s, enum stmt_id id, int64_t sid, int64_t from,
+                           int64_t to)
 {
-    sqlite_store *s = (sqlite_store *)b;
-    sqlite3_stmt *st = stmt(s, S_EVENT_FOLDED);
+    sqlite3_stmt *st = stmt(s, id);
     if (st == NULL)
         return CH_IO;
     sqlite3_bind_int64(st, 1, sid);
-    sqlite3_bind_int64(st, 2, ev->seq);
+    sqlite3_bind_int64(st, 2, from);
+    sqlite3_bind_int64(st, 3, to);
     int step = sqlite3_step(st);
     done(st);
     if (step == SQLITE_ROW)
         return CH_EXISTS;
-    if (step != SQLITE_DONE)
-        return io_error(s, "event_insert");
-    st = stmt(s, S_EVENT_INSERT);
+    return step == SQLITE_DONE ? CH_OK : io_error(s, "event seq check");
+}
+
+/* Inserts ev of sid with statement id (into the tail or into events). */
+static ch_status put_event(sqlite_store *s, enum stmt_id id, int64_t sid, const ch_event_rec *ev)
+{
+    sqlite3_stmt *st = stmt(s, id);
     if (st == NULL)
         return CH_IO;
     sqlite3_bind_int64(st, 1, sid);
     sqlite3_bind_int64(st, 2, ev->seq);
     sqlite3_bind_int64(st, 3, ev->at);
     sqlite3_bind_text(st, 4, ev->body, (int)ev->len, SQLITE_STATIC);
-    ch_status rc = exec_stmt(s, st);
+    return exec_stmt(s, st);
+}
+
+static ch_status s_event_insert(ch_store *b, int64_t sid, const ch_event_rec *ev)
+{
+    sqlite_store *s = (sqlite_store *)b;
+    ch_status rc = seq_taken(s, S_EVENT_FOLDED, sid, ev->seq, ev->seq);
+    if (rc == CH_OK)
+        rc = put_event(s, S_EVENT_INSERT, sid, ev);
     if (rc == CH_OK && s->tail_rows >= 0)
         s->tail_rows++;
     return rc;
@@ -920,39 +935,13 @@ static ch_status s_event_append(ch_store *b, int64_t sid, const ch_event_rec *ev
     size_t bytes = 0;
     for (int i = 0; i < n; i++)
         bytes += evs[i].len;
-    if (bytes < DIRECT_BYTES) {
-        for (int i = 0; i < n; i++) {
-            ch_status rc = s_event_insert(b, sid, &evs[i]);
-            if (rc != CH_OK)
-                return rc;
-        }
-        return CH_OK;
-    }
+    bool direct = bytes >= DIRECT_BYTES;
     /* events' primary key refuses a seq already folded; this, one still in the tail. */
-    sqlite3_stmt *st = stmt(s, S_EVENT_IN_TAIL);
-    if (st == NULL)
-        return CH_IO;
-    sqlite3_bind_int64(st, 1, sid);
-    sqlite3_bind_int64(st, 2, evs[0].seq);
-    sqlite3_bind_int64(st, 3, evs[n - 1].seq);
-    int step = sqlite3_step(st);
-    done(st);
-    if (step == SQLITE_ROW)
-        return CH_EXISTS;
-    if (step != SQLITE_DONE)
-        return io_error(s, "event_append");
-    for (int i = 0; i < n; i++) {
-        if ((st = stmt(s, S_EVENT_INSERT_FOLDED)) == NULL)
-            return CH_IO;
-        sqlite3_bind_int64(st, 1, sid);
-        sqlite3_bind_int64(st, 2, evs[i].seq);
-        sqlite3_bind_int64(st, 3, evs[i].at);
-        sqlite3_bind_text(st, 4, evs[i].body, (int)evs[i].len, SQLITE_STATIC);
-        ch_status rc = exec_stmt(s, st);
-        if (rc != CH_OK)
-            return rc;
-    }
-    return CH_OK;
+    ch_status rc = direct ? seq_taken(s, S_EVENT_IN_TAIL, sid, evs[0].seq, evs[n - 1].seq) : CH_OK;
+    for (int i = 0; i < n && rc == CH_OK; i++)
+        rc = direct ? put_event(s, S_EVENT_INSERT_FOLDED, sid, &evs[i])
+                    : s_event_insert(b, sid, &evs[i]);
+    return rc;
 }
 
 static ch_status s_event_list(ch_store *b, int64_t sid, int64_t after, int limit,
