@@ -91,6 +91,7 @@ CHARTER=$BUILD/charter
 BASELINE=$BUILD/bench/bench_sqlite_per_item
 BENCH_CHECK=$BUILD/bench/bench_check
 BENCH_ARTIFACT=$BUILD/bench/bench_artifact
+BENCH_FLOOR=$BUILD/bench/bench_append_floor
 NGINX=${NGINX:-/usr/sbin/nginx}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 REDIS_BENCHMARK=${REDIS_BENCHMARK:-redis-benchmark}
@@ -183,6 +184,7 @@ check_tools() {
 		[ -x "$BASELINE" ] || die "$BASELINE not found (build first: make build)"
 		[ -x "$BENCH_CHECK" ] || die "$BENCH_CHECK not found (build first: make build)"
 		[ -x "$BENCH_ARTIFACT" ] || die "$BENCH_ARTIFACT not found (build first: make build)"
+		[ -x "$BENCH_FLOOR" ] || die "$BENCH_FLOOR not found (build first: make build)"
 		[ -x "$NGINX" ] || die "$NGINX not found (scripts/deps.sh installs nginx-light)"
 	fi
 	if [ "$ONLY" != core ]; then
@@ -397,7 +399,9 @@ print_table() {
 	if [ "$ONLY" != scopes ]; then
 		echo "baselines: sqlite/item = bench_sqlite_per_item ($SESSIONS threads, one transaction" \
 			"per event, WAL, synchronous=FULL); nginx = nginx-light, 1 worker, return 200" \
-			"(a fixed reply for /v1/check); ed25519 = crypto_sign_verify_detached alone."
+			"(a fixed reply for /v1/check); ed25519 = crypto_sign_verify_detached alone;" \
+			"floor / ceiling = bench_append_floor (bare h2o, 2 threads, the same wrk load) in" \
+			"fsync mode (group-committed pwritev + fdatasync of the bodies) and reply mode."
 	fi
 	if [ "$ONLY" != core ]; then
 		echo "scope baselines: redis = $REDIS_VERSION (--save \"\" --appendonly no), driven by" \
@@ -456,6 +460,44 @@ bench_appends() {
 	APP_EPS=$(calc "%.0f" "$n201 * $per / $secs")
 	APP_P50=$(calc "%.2f" "$(field "$out" p50_us) / 1000")
 	APP_P99=$(calc "%.2f" "$(field "$out" p99_us) / 1000")
+}
+
+# --- 1c. the floor under single appends ---------------------------------------------
+# bench_floor MODE: the single-append load against bench_append_floor (a bare h2o
+# server, 2 threads): "reply" answers at once, "fsync" answers after a group-committed
+# pwritev + fdatasync of the bodies. Sets FLOOR_RPS, FLOOR_P50, FLOOR_P99 (ms).
+bench_floor() {
+	local mode=$1 dir=$TMP/floor-$1 port pid out=$TMP/wrk-floor-$1.out
+	mkdir -p "$dir"
+	port=$(free_port)
+	"$BENCH_FLOOR" -m "$mode" -l "$port" -t 2 -f "$dir/log" >"$dir/server.log" 2>&1 &
+	pid=$!
+	PIDS+=("$pid")
+	wait_floor "$port" "$pid" "$dir/server.log"
+	log "floor ($mode): single appends, -t2 -c$CONNS, ${DURATION}s"
+	run_wrk "$out" -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s \
+		-s "$BENCH/wrk_append.lua" "http://127.0.0.1:$port" -- \
+		"$TMP/sessions.txt" "$CH_KEY" 1
+	check_alive "$pid" "bench_append_floor" "$dir/server.log"
+	stop_server "$pid" "bench_append_floor" "$dir/server.log"
+	if [ "$(field "$out" other_status)" != 0 ] || [ "$(field "$out" socket_errors)" != 0 ]; then
+		problem "floor ($mode): $(field "$out" other_status) non-201, $(field "$out" socket_errors) socket errors"
+	fi
+	FLOOR_RPS=$(calc "%.0f" "$(field "$out" status_201) / $(field "$out" seconds)")
+	FLOOR_P50=$(calc "%.2f" "$(field "$out" p50_us) / 1000")
+	FLOOR_P99=$(calc "%.2f" "$(field "$out" p99_us) / 1000")
+	rm -rf "$dir/log"
+}
+
+# wait_floor PORT PID LOG: waits up to 15 s for the floor server to accept a POST.
+wait_floor() {
+	local i
+	for i in $(seq 300); do
+		kill -0 "$2" 2>/dev/null || { cat "$3" >&2; die "bench_append_floor exited at start"; }
+		curl -sf -o /dev/null --max-time 1 -X POST -d '{}' "http://127.0.0.1:$1/" && return 0
+		sleep 0.05
+	done
+	die "bench_append_floor did not answer on port $1; log: $3"
 }
 
 # --- 3. bundle latency on compacted sessions ---------------------------------------
@@ -875,6 +917,7 @@ run_core() {
 		"$(met "$APP_EPS" ">=" 50000)/$(met "$ratio" ">=" 8)"
 	row "single appends, p50 ms" "$APP_P50" "$BASE_P50" "-" "-" ""
 	row "single appends, p99 ms" "$APP_P99" "$BASE_P99" "-" "-" ""
+	local single_eps=$APP_EPS
 
 	bench_appends "$BATCH"
 	row "batch-$BATCH appends, events/s (201s x $BATCH)" "$(thousands "$APP_EPS")" "-" "-" \
@@ -883,6 +926,18 @@ run_core() {
 
 	bench_bundles
 	stop_server "$CH_PID" "charter" "$CH_LOG"
+
+	# The same single-append load against a server that only stores the bytes, and
+	# against one that stores nothing: what any durable store could reach here.
+	bench_floor fsync
+	row "  floor: bare h2o + fdatasync, req/s" "$(thousands "$single_eps")" \
+		"$(thousands "$FLOOR_RPS")" "$(calc "%.2f" "$single_eps / $FLOOR_RPS")x" "-" ""
+	row "  floor p50 / p99 ms" "-" "$FLOOR_P50 / $FLOOR_P99" "-" "-" ""
+	row "  8x sqlite/item as a share of the floor" "-" "-" \
+		"$(calc "%.2f" "8 * $BASE_EPS / $FLOOR_RPS")x" "-" ""
+	bench_floor reply
+	row "  ceiling: bare h2o, no storage, req/s" "$(thousands "$single_eps")" \
+		"$(thousands "$FLOOR_RPS")" "$(calc "%.2f" "$single_eps / $FLOOR_RPS")x" "-" ""
 
 	start_charter b 1
 	bench_healthz "$CH_PORT" "charter"
