@@ -9,8 +9,8 @@
  * store the event, and count usage.
  *
  * Like `charter serve`, it runs N h2o evloop threads on one shared listening socket,
- * reads each POST body whole and answers 201 with {"first_seq":N,"last_seq":N}. Two
- * modes:
+ * reads each POST body whole and answers 201 with {"first_seq":N,"last_seq":N}; any
+ * other method gets 200 {"status":"ok"}, for readiness probes. Two modes:
  *
  *   reply   answers at once: the HTTP ceiling for this load (no storage at all).
  *   fsync   hands each body to one syncer thread, which appends every body queued
@@ -111,8 +111,15 @@ static void on_req_dispose(void *p)
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     (void)self;
-    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST")))
-        return -1;
+    if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
+        /* Any other method is a liveness probe (bench/run.sh waits on GET /healthz). */
+        static const char ok[] = "{\"status\":\"ok\"}";
+        req->res.status = 200;
+        req->res.reason = "OK";
+        req->res.content_length = sizeof(ok) - 1;
+        h2o_send_inline(req, ok, sizeof(ok) - 1);
+        return 0;
+    }
     long long seq = atomic_fetch_add(&g.seq, 1) + 1;
     if (!g.durable) {
         reply(req, seq);

@@ -473,7 +473,7 @@ bench_floor() {
 	"$BENCH_FLOOR" -m "$mode" -l "$port" -t 2 -f "$dir/log" >"$dir/server.log" 2>&1 &
 	pid=$!
 	PIDS+=("$pid")
-	wait_floor "$port" "$pid" "$dir/server.log"
+	wait_http "http://127.0.0.1:$port/healthz" "$pid" "$dir/server.log"
 	log "floor ($mode): single appends, -t2 -c$CONNS, ${DURATION}s"
 	run_wrk "$out" -t2 -c"$CONNS" -d"${DURATION}s" --timeout 10s \
 		-s "$BENCH/wrk_append.lua" "http://127.0.0.1:$port" -- \
@@ -487,17 +487,6 @@ bench_floor() {
 	FLOOR_P50=$(calc "%.2f" "$(field "$out" p50_us) / 1000")
 	FLOOR_P99=$(calc "%.2f" "$(field "$out" p99_us) / 1000")
 	rm -rf "$dir/log"
-}
-
-# wait_floor PORT PID LOG: waits up to 15 s for the floor server to accept a POST.
-wait_floor() {
-	local i
-	for i in $(seq 300); do
-		kill -0 "$2" 2>/dev/null || { cat "$3" >&2; die "bench_append_floor exited at start"; }
-		curl -sf -o /dev/null --max-time 1 -X POST -d '{}' "http://127.0.0.1:$1/" && return 0
-		sleep 0.05
-	done
-	die "bench_append_floor did not answer on port $1; log: $3"
 }
 
 # --- 3. bundle latency on compacted sessions ---------------------------------------

@@ -12,6 +12,7 @@
 #include <curl/curl.h>
 #include <sodium.h>
 
+#include "charter.h"
 #include "cli/cli.h"
 
 #define DEFAULT_URL "http://127.0.0.1:7433"
@@ -23,28 +24,11 @@ static struct {
     char *auth; /* "Authorization: Bearer <key>", wiped on cleanup; NULL without a key */
 } client;
 
-typedef struct reply_buf {
-    char *data;
-    size_t len, cap;
-} reply_buf;
-
+/* The libcurl write callback that collects a reply body into a ch_buf. */
 static size_t on_data(char *p, size_t size, size_t n, void *udata)
 {
-    reply_buf *b = udata;
-    size_t add = size * n;
-
-    if (b->cap - b->len < add + 1) {
-        size_t cap = b->cap ? b->cap : 4096;
-
-        while (cap - b->len < add + 1)
-            cap *= 2;
-        b->data = ch__xrealloc(b->data, cap);
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, p, add);
-    b->len += add;
-    b->data[b->len] = '\0';
-    return add;
+    ch_buf_append(udata, p, size * n);
+    return size * n;
 }
 
 /* Strips leading and trailing whitespace in place; returns the start. */
@@ -201,7 +185,7 @@ static struct curl_slist *add_header(struct curl_slist *list, const char *line)
 
 /* Prints the error of a non-2xx reply: the API's {"error":{code,message,field,state}}
  * when there is one, else the status and the start of whatever the body was. */
-static void report_error(long status, const json_t *reply, const reply_buf *raw)
+static void report_error(long status, const json_t *reply, const ch_buf *raw)
 {
     const json_t *err = json_object_get(reply, "error");
     const char *code = json_string_value(json_object_get(err, "code"));
@@ -251,7 +235,7 @@ static int perform(const char *method, const char *path, const char *body, size_
 {
     CURL *c = client.curl;
     struct curl_slist *headers = NULL;
-    reply_buf raw = {0};
+    ch_buf raw = {0};
     char errbuf[CURL_ERROR_SIZE];
     char *url = NULL;
     json_t *reply = NULL;
@@ -346,9 +330,9 @@ typedef struct stream_ctx {
     CURL *curl;
     ch__client_sink sink;
     void *udata;
-    int verdict;   /* 0 until the status is known, then 1 (2xx: stream) or -1 (error) */
-    bool stopped;  /* the sink asked to stop */
-    reply_buf err; /* the body of an error reply */
+    int verdict;  /* 0 until the status is known, then 1 (2xx: stream) or -1 (error) */
+    bool stopped; /* the sink asked to stop */
+    ch_buf err;   /* the body of an error reply */
 } stream_ctx;
 
 static size_t on_stream_data(char *p, size_t size, size_t n, void *udata)

@@ -55,12 +55,10 @@ typedef struct follower {
     char **types;    /* NULL-ended, or NULL for every type */
     long long limit; /* 0: no limit */
     /* the line being read */
-    char *line;
-    size_t len, cap;
+    ch_buf line;
     bool after_cr; /* the previous byte ended a line with '\r': skip a '\n' */
     /* the event being read */
-    char *data;
-    size_t dlen, dcap;
+    ch_buf data;
     bool has_data;
     char id[ID_MAX];
     char type[128];
@@ -71,21 +69,6 @@ typedef struct follower {
     bool write_failed; /* stdout is gone */
     bool oversized;    /* the server sent an event beyond DATA_MAX */
 } follower;
-
-static void append(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
-{
-    if (*cap - *len < n + 1) {
-        size_t c = *cap ? *cap : 256;
-
-        while (c - *len < n + 1)
-            c *= 2;
-        *buf = ch__xrealloc(*buf, c);
-        *cap = c;
-    }
-    memcpy(*buf + *len, p, n);
-    *len += n;
-    (*buf)[*len] = '\0';
-}
 
 /* True when type passes --types. */
 static bool wanted(const follower *f, const char *type)
@@ -120,9 +103,9 @@ static bool id_usable(const char *id)
 
 static void reset_event(follower *f)
 {
-    f->dlen = 0;
-    if (f->data != NULL)
-        f->data[0] = '\0';
+    f->data.len = 0;
+    if (f->data.data != NULL)
+        f->data.data[0] = '\0';
     f->has_data = false;
     f->id[0] = '\0';
     f->type[0] = '\0';
@@ -140,12 +123,12 @@ static void dispatch(follower *f)
         reset_event(f);
         return;
     }
-    if (f->dlen > 0 && f->data[f->dlen - 1] == '\n')
-        f->data[--f->dlen] = '\0';
+    if (f->data.len > 0 && f->data.data[f->data.len - 1] == '\n')
+        f->data.data[--f->data.len] = '\0';
     if (id_usable(f->id))
         snprintf(f->last_id, sizeof f->last_id, "%s", f->id);
 
-    data = json_loadb(f->data, f->dlen, 0, NULL);
+    data = json_loadb(f->data.data, f->data.len, 0, NULL);
     type = f->type[0] != '\0' ? f->type : json_string_value(json_object_get(data, "type"));
     if (type == NULL)
         type = "message";
@@ -158,7 +141,8 @@ static void dispatch(follower *f)
 
     if (wanted(f, type)) {
         if (f->mode == CH__OUT_HUMAN) {
-            json_t *shown = data != NULL ? json_incref(data) : json_pack("{s:s}", "data", f->data);
+            json_t *shown =
+                data != NULL ? json_incref(data) : json_pack("{s:s}", "data", f->data.data);
             char *line = ch__event_line(*id != '\0' ? id : "-", type, shown);
 
             puts(line);
@@ -168,7 +152,7 @@ static void dispatch(follower *f)
             ch__print_json(data, CH__OUT_COMPACT);
         } else {
             /* Not JSON: shown as it came, on one line. */
-            char *line = ch__clip_text(f->data, 0);
+            char *line = ch__clip_text(f->data.data, 0);
 
             puts(line);
             free(line);
@@ -186,18 +170,18 @@ static void dispatch(follower *f)
 /* One complete line of the stream (without its end). */
 static void process_line(follower *f)
 {
-    const char *line = f->line != NULL ? f->line : "";
+    const char *line = f->line.data != NULL ? f->line.data : "";
     const char *colon, *value;
     size_t name_len;
 
-    if (f->len == 0) {
+    if (f->line.len == 0) {
         dispatch(f);
         return;
     }
     if (line[0] == ':')
         return; /* a comment: the server's keep-alive */
     colon = strchr(line, ':');
-    name_len = colon != NULL ? (size_t)(colon - line) : f->len;
+    name_len = colon != NULL ? (size_t)(colon - line) : f->line.len;
     value = colon != NULL ? colon + 1 : "";
     if (*value == ' ')
         value++;
@@ -205,12 +189,12 @@ static void process_line(follower *f)
     if (name_len == 4 && strncmp(line, "data", 4) == 0) {
         size_t n = strlen(value);
 
-        if (f->dlen + n + 1 > DATA_MAX) {
+        if (f->data.len + n + 1 > DATA_MAX) {
             f->oversized = true;
             return;
         }
-        append(&f->data, &f->dlen, &f->dcap, value, n);
-        append(&f->data, &f->dlen, &f->dcap, "\n", 1);
+        ch_buf_append(&f->data, value, n);
+        ch_buf_append(&f->data, "\n", 1);
         f->has_data = true;
     } else if (name_len == 5 && strncmp(line, "event", 5) == 0) {
         snprintf(f->type, sizeof f->type, "%s", value);
@@ -236,18 +220,18 @@ static size_t on_bytes(const char *p, size_t n, void *udata)
         if (c == '\n' || c == '\r') {
             f->after_cr = c == '\r';
             process_line(f);
-            f->len = 0;
-            if (f->line != NULL)
-                f->line[0] = '\0';
+            f->line.len = 0;
+            if (f->line.data != NULL)
+                f->line.data[0] = '\0';
             if (f->done || f->write_failed || f->oversized)
                 return 0;
             continue;
         }
-        if (f->len >= DATA_MAX) {
+        if (f->line.len >= DATA_MAX) {
             f->oversized = true;
             return 0;
         }
-        append(&f->line, &f->len, &f->cap, &c, 1);
+        ch_buf_append(&f->line, &c, 1);
     }
     return n;
 }
@@ -255,7 +239,7 @@ static size_t on_bytes(const char *p, size_t n, void *udata)
 /* Forgets a partial line or event: after a reconnect the server starts afresh. */
 static void reset_stream(follower *f)
 {
-    f->len = 0;
+    f->line.len = 0;
     f->after_cr = false;
     reset_event(f);
 }
@@ -451,8 +435,8 @@ int ch__events_main(int argc, char **argv)
 
 done:
     free_types(f.types);
-    free(f.line);
-    free(f.data);
+    ch_buf_free(&f.line);
+    ch_buf_free(&f.data);
     ch__args_free(&a);
     return rc;
 }

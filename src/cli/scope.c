@@ -1061,7 +1061,8 @@ static void ttl_print(FILE *f, const hist *h)
 
         if (c > 0 && width == 0)
             width = 1;
-        fprintf(f, "%s%*s  %*s", label[i], (int)(lw - ch__text_width(label[i])), "", (int)cw, count[i]);
+        fprintf(f, "%s%*s  %*s", label[i], (int)(lw - ch__text_width(label[i])), "", (int)cw,
+                count[i]);
         if (width > 0) {
             text = bar_text(width);
             fprintf(f, "  %s", text);
@@ -1151,8 +1152,7 @@ static void frame_print(FILE *f, const frame *fr, const char *url, int64_t inter
 
 /* The body of GET /metrics as it arrives. */
 typedef struct page {
-    char *data;
-    size_t len, cap;
+    ch_buf body;
     bool oversized;
 } page;
 
@@ -1160,21 +1160,11 @@ static size_t on_page(const char *p, size_t n, void *udata)
 {
     page *pg = udata;
 
-    if (pg->len + n + 1 > METRICS_MAX) {
+    if (pg->body.len + n + 1 > METRICS_MAX) {
         pg->oversized = true;
         return 0;
     }
-    if (pg->cap - pg->len < n + 1) {
-        size_t cap = pg->cap ? pg->cap : 65536;
-
-        while (cap - pg->len < n + 1)
-            cap *= 2;
-        pg->data = ch__xrealloc(pg->data, cap);
-        pg->cap = cap;
-    }
-    memcpy(pg->data + pg->len, p, n);
-    pg->len += n;
-    pg->data[pg->len] = '\0';
+    ch_buf_append(&pg->body, p, n);
     return n;
 }
 
@@ -1195,14 +1185,14 @@ static int fetch_metrics(scope_metrics *m, char *why, size_t why_size)
     } else if (rc == CH__EXIT_OK && why[0] != '\0') {
         rc = CH__EXIT_UNREACHABLE; /* the reply broke off */
     } else if (rc == CH__EXIT_OK) {
-        parse_metrics(pg.data != NULL ? pg.data : "", m);
+        parse_metrics(pg.body.data != NULL ? pg.body.data : "", m);
         if (!m->seen) {
             fprintf(stderr, "charter: %s/metrics has no scope metrics (charter_scopes)\n",
                     ch__client_base_url());
             rc = CH__EXIT_FAIL;
         }
     }
-    free(pg.data);
+    ch_buf_free(&pg.body);
     return rc;
 }
 
